@@ -1,0 +1,25 @@
+"""The one interface every inference engine implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class Engine(ABC):
+    """Runs the segmentation network on a normalized batch.
+
+    ``infer`` takes a float32 NCHW tensor on ``self.device`` (already resized and normalized)
+    and returns the logits, NCHW, on ``self.device``, at the input's spatial size.
+    """
+
+    name: str = "engine"
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for ``batch``."""
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
+        """Release resources (sessions, CUDA graphs, TensorRT contexts)."""
