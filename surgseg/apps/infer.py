@@ -1,0 +1,68 @@
+"""surgseg-infer: segment recorded surgeries; see conf/infer.yaml."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from surgseg.apps import CONF_DIR, cli_errors
+from surgseg.errors import ConfigError
+from surgseg.infer import CueOptions, InferSummary, OutputOptions, process_inputs
+from surgseg.predictor import Predictor
+
+
+def _options(cls: type, cfg: DictConfig, where: str):
+    """Build the dataclass ``cls`` from ``cfg``; unknown keys are a config error."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def build_predictor(cfg: DictConfig) -> Predictor:
+    """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``."""
+    engine = OmegaConf.to_container(cfg.engine, resolve=True)
+    size = tuple(cfg.input_size) if cfg.input_size else None
+    return Predictor.from_checkpoint(
+        cfg.checkpoint, engine=engine.pop("name"), device=cfg.device, task=cfg.task,
+        input_size=size, **engine,
+    )
+
+
+def run(cfg: DictConfig) -> InferSummary:
+    """Process ``cfg.input`` into ``cfg.output_dir``."""
+    outputs = _options(OutputOptions, cfg.outputs, "outputs")
+    if outputs.masks not in ("png", "ffv1"):
+        raise ConfigError(f"outputs.masks must be 'png' or 'ffv1', got {outputs.masks!r}")
+    cues = _options(CueOptions, cfg.cues, "cues")
+    predictor = build_predictor(cfg)
+    record = {
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    return process_inputs(
+        cfg.input, predictor=predictor, output_dir=Path(cfg.output_dir), outputs=outputs,
+        cues=cues, batch_size=cfg.batch_size, progress=cfg.progress, record=record,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="infer")
+@cli_errors("surgseg-infer")
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg)
+    print(f"surgseg-infer: {len(summary.done)} video(s) done in {cfg.output_dir}")
+    if summary.failed:
+        print(f"surgseg-infer: {len(summary.failed)} video(s) failed:", file=sys.stderr)
+        for _, reason in summary.failed:
+            print(f"  {reason}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

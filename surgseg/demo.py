@@ -1,0 +1,136 @@
+"""The demo's evaluation: compare a processed synthetic clip with its ground truth and write a
+report with the mask IoU and the tip and axis errors, from the model's masks and from the
+ground-truth masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from surgseg.atomic import atomic_path
+from surgseg.cues import (
+    cue_errors,
+    estimate_view,
+    find_instruments,
+    match_to_ground_truth,
+    summarize_errors,
+)
+from surgseg.decode import read_frames
+from surgseg.infer import CueOptions
+from surgseg.metrics import SegmentationMetrics
+from surgseg.sinks import read_masks
+from surgseg.synthetic import SyntheticClip
+from surgseg.tasks import class_names
+
+
+def _cue_errors_for(
+    masks: list[np.ndarray], clip: SyntheticClip, task: str, view: np.ndarray, cues: CueOptions
+) -> dict[str, Any]:
+    tips: list[float] = []
+    axes: list[float] = []
+    for index, mask in enumerate(masks):
+        found = find_instruments(mask, task=task, view=view, min_area=cues.min_area,
+                                 border_band=cues.border_band, tip_band=cues.tip_band)
+        gt = [g for g in clip.instruments[index] if g.get("visible", True)]
+        pairs = match_to_ground_truth([f.to_dict() for f in found], gt)
+        errors = cue_errors(pairs)
+        tips += errors["tip_px"]
+        axes += errors["axis_deg"]
+    return summarize_errors(tips, axes)
+
+
+def evaluate_run(run_dir: Path, clip: SyntheticClip, *, task: str, cues: CueOptions) -> dict:
+    """Mask metrics and cue errors of the processed clip in ``run_dir`` against ``clip``.
+
+    Masks are read back from what inference wrote, so the figures describe the real outputs.
+    """
+    predicted = [mask for _, _, mask in read_masks(run_dir / "masks" if (run_dir / "masks").is_dir()
+                                                   else run_dir / "masks.mkv")]
+    if len(predicted) != len(clip):
+        raise ValueError(f"{run_dir}: {len(predicted)} masks for {len(clip)} ground-truth frames")
+    names = class_names(task)
+    task_metrics = SegmentationMetrics(len(names))
+    binary_metrics = SegmentationMetrics(2)
+    for index, mask in enumerate(predicted):
+        truth = clip.mask(task, index)
+        task_metrics.update(mask, truth)
+        binary_metrics.update((mask > 0).astype(np.uint8), (truth > 0).astype(np.uint8))
+    view = estimate_view(next(iter(read_frames(clip.video))).image)
+    truth_masks = [clip.mask(task, i) for i in range(len(clip))]
+    return {
+        "task": task,
+        "frames": len(clip),
+        "binary": binary_metrics.compute(),
+        "task_metrics": task_metrics.compute(),
+        "class_names": list(names),
+        "cues_from_model": _cue_errors_for(predicted, clip, task, view, cues),
+        "cues_from_ground_truth": _cue_errors_for(truth_masks, clip, task, view, cues),
+    }
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
+    """Write the demo report as Markdown (atomically)."""
+    binary = result["binary"]
+    lines = [
+        "# surgseg demo report",
+        "",
+        f"Model: {context['model']}, task `{result['task']}`, trained {context['train_time_s']:.0f} s "
+        f"on {context['device']}; held-out synthetic clip of {result['frames']} frames "
+        f"({context['frame_size']}).",
+        "",
+        "## Segmentation (held-out clip, at the original frame size)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| binary IoU (tool) | {_fmt(binary['iou'][1], 3)} |",
+        f"| binary Dice (tool) | {_fmt(binary['dice'][1], 3)} |",
+        f"| sensitivity | {_fmt(binary['sensitivity'], 3)} |",
+        f"| specificity | {_fmt(binary['specificity'], 3)} |",
+    ]
+    if result["task"] != "binary":
+        tm = result["task_metrics"]
+        lines.append(f"| {result['task']} mIoU (foreground classes) | {_fmt(tm['miou'], 3)} |")
+        for name, iou in zip(result["class_names"][1:], tm["iou"][1:], strict=True):
+            lines.append(f"| IoU {name} | {_fmt(iou, 3)} |")
+    lines += [
+        "",
+        "## Pose cues (matched to ground-truth instruments by tip distance)",
+        "",
+        "| from | instruments matched | tip error median (px) | tip error p90 (px) "
+        "| axis error median (°) | axis error p90 (°) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in (("model masks", "cues_from_model"), ("ground-truth masks", "cues_from_ground_truth")):
+        e = result[key]
+        lines.append(
+            f"| {label} | {e['count']} | {_fmt(e['tip_px_median'])} | {_fmt(e['tip_px_p90'])} "
+            f"| {_fmt(e['axis_deg_median'])} | {_fmt(e['axis_deg_p90'])} |"
+        )
+    lines += ["", "## Pictures", ""]
+    for title, name in context.get("pictures", []):
+        lines.append(f"![{title}]({name})")
+        lines.append("")
+    lines += [
+        "## Timing",
+        "",
+        f"Inference: {_fmt(context.get('infer_fps'), 1)} frames/s end to end on {context['device']}.",
+        "",
+    ]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def save_overlay_still(overlay_video: Path, path: Path, *, index: int) -> None:
+    """Save frame ``index`` of the overlay video as a PNG for the report."""
+    for frame in read_frames(overlay_video):
+        if frame.index == index:
+            with atomic_path(path) as tmp:
+                cv2.imwrite(str(tmp), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+            return

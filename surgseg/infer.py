@@ -1,0 +1,273 @@
+"""Offline processing of recorded surgeries: video in; per-frame masks, pose cues, overlay
+and a run record out.
+
+Each input video gets its own folder::
+
+    <output_dir>/<video name>/
+        masks/000000.png …  or  masks.mkv     lossless class index per pixel, frame size
+        cues.jsonl                             one line per frame, flushed as it goes
+        overlay.mp4                            optional: masks, axis and tip drawn on the frame
+        run.json                               written last: its absence marks an unfinished run
+"""
+
+from __future__ import annotations
+
+import glob
+import platform
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from surgseg.atomic import write_json
+from surgseg.cues import Tracker, estimate_view, find_instruments
+from surgseg.decode import Frame, VideoReader
+from surgseg.errors import SurgsegError, VideoError
+from surgseg.predictor import Predictor
+from surgseg.sinks import CuesWriter, OverlayWriter, open_mask_writer
+from surgseg.tasks import palette
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
+
+
+@dataclass
+class CueOptions:
+    """Pose-cue parameters (see ``surgseg.cues.find_instruments``) and the tracker's gate."""
+
+    min_area: int = 50
+    border_band: float = 3.0
+    tip_band: float = 2.0
+    track_max_distance: float = 80.0
+    track_max_missed: int = 10
+    view: str = "auto"  # "auto": estimate the field of view from the first frame; "full": whole frame
+
+
+@dataclass
+class OutputOptions:
+    """What to write for each video."""
+
+    masks: str = "png"  # "png" or "ffv1"
+    overlay: bool = True
+
+
+@dataclass
+class InferSummary:
+    """Outcome of a run over several inputs."""
+
+    done: list[Path] = field(default_factory=list)  # output folders of finished videos
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
+
+
+def find_inputs(spec: str | Path) -> list[Path]:
+    """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)."""
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not found:
+            raise VideoError("no video files in this folder", path)
+        return found
+    if any(ch in str(spec) for ch in "*?["):
+        found = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        if not found:
+            raise VideoError("no file matches this pattern", spec)
+        return found
+    return [path]  # a single file; a missing one fails when it is opened, with its name
+
+
+def output_names(videos: Sequence[Path]) -> list[str]:
+    """One distinct folder name per video: its stem, prefixed by parent folders on clashes."""
+    names = [v.stem for v in videos]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 8:
+        names = ["__".join([*v.parent.parts[-depth:], v.stem]) for v in videos]
+        depth += 1
+    return names
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that produced a result."""
+    import av
+    import cv2
+    import numpy
+    import torch
+    import torchvision
+
+    import surgseg
+
+    return {
+        "surgseg": surgseg.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "av": av.__version__,
+        "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Remove the marker and outputs of an earlier run in ``out_dir``."""
+    (out_dir / "run.json").unlink(missing_ok=True)
+    for name in ("cues.jsonl", "masks.mkv", "overlay.mp4"):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "masks", ignore_errors=True)
+
+
+def process_video(
+    video: Path,
+    *,
+    predictor: Predictor,
+    out_dir: Path,
+    outputs: OutputOptions,
+    cues: CueOptions,
+    batch_size: int = 4,
+    progress: bool = True,
+    record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segment every frame of ``video`` and write masks, cues, overlay and ``run.json``.
+
+    ``record`` holds extra fields for run.json (the resolved config, the checkpoint path).
+    Returns the run record. Raises VideoError for a video that cannot be processed.
+    """
+    started = datetime.now(UTC)
+    timing = dict.fromkeys(("decode", "predict", "cues", "write"), 0.0)
+    task = predictor.meta.task
+    tracker = Tracker(max_distance=cues.track_max_distance, max_missed=cues.track_max_missed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out_dir)
+    processed = 0
+    view = None
+    with VideoReader(video) as reader:
+        info = reader.info
+        sinks_kw = {"width": info.width, "height": info.height, "time_base": info.time_base,
+                    "fps": info.fps or 25.0}
+        masks = open_mask_writer(outputs.masks, out_dir, **sinks_kw)
+        overlay = (
+            OverlayWriter(out_dir / "overlay.mp4", palette=palette(predictor.meta.num_classes),
+                          **sinks_kw)
+            if outputs.overlay
+            else None
+        )
+        bar = tqdm(total=info.frames_reported, unit="frame", desc=video.name, disable=not progress,
+                   leave=False)
+        try:
+            with CuesWriter(out_dir / "cues.jsonl") as cue_file:
+                batches = _batches(iter(reader), batch_size)
+                while True:
+                    t0 = time.perf_counter()
+                    batch = next(batches, None)
+                    t1 = time.perf_counter()
+                    timing["decode"] += t1 - t0
+                    if batch is None:
+                        break
+                    predictions = predictor.predict([f.image for f in batch])
+                    t2 = time.perf_counter()
+                    timing["predict"] += t2 - t1
+                    for frame, pred in zip(batch, predictions, strict=True):
+                        t3 = time.perf_counter()
+                        if view is None and cues.view == "auto":
+                            view = estimate_view(frame.image)
+                        found = find_instruments(
+                            pred.mask, task=task, confidence=pred.confidence, view=view,
+                            min_area=cues.min_area, border_band=cues.border_band,
+                            tip_band=cues.tip_band,
+                        )
+                        instruments = [i.to_dict() for i in tracker.update(found)]
+                        t4 = time.perf_counter()
+                        timing["cues"] += t4 - t3
+                        masks.write(frame.index, frame.pts, pred.mask)
+                        cue_file.write({"index": frame.index, "pts": frame.pts,
+                                        "time_s": round(frame.time_s, 6),
+                                        "instruments": instruments})
+                        if overlay is not None:
+                            overlay.write(frame.image, pred.mask, instruments, frame.pts)
+                        timing["write"] += time.perf_counter() - t4
+                    processed += len(batch)
+                    bar.update(len(batch))
+            if processed == 0:
+                raise VideoError("no decodable frame", video)
+            t5 = time.perf_counter()
+            masks.close()
+            if overlay is not None:
+                overlay.close()
+            timing["write"] += time.perf_counter() - t5
+        except BaseException:
+            masks.abort()
+            if overlay is not None:
+                overlay.abort()
+            raise
+        finally:
+            bar.close()
+        stats = reader.stats
+
+    wall = (datetime.now(UTC) - started).total_seconds()
+    run = {
+        "input": str(video),
+        **(record or {}),
+        "video": {
+            "container": info.container, "codec": info.codec, "width": info.width,
+            "height": info.height, "rotation": info.rotation, "fps": info.fps,
+            "time_base": str(info.time_base), "frames_reported": info.frames_reported,
+            "duration_s": info.duration_s,
+        },
+        "frames": {"processed": processed, "decoded": stats.decoded, "corrupt": stats.corrupt,
+                   "first_error": stats.first_error},
+        "outputs": {"masks": "masks.mkv" if outputs.masks == "ffv1" else "masks/",
+                    "cues": "cues.jsonl", "overlay": "overlay.mp4" if outputs.overlay else None},
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
+        "timing_ms_per_frame": {k: round(1000 * v / processed, 2) for k, v in timing.items()},
+        "wall_s": round(wall, 3),
+        "fps": round(processed / wall, 2) if wall > 0 else None,
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        "software": software_versions(),
+    }
+    write_json(out_dir / "run.json", run)
+    return run
+
+
+def process_inputs(
+    inputs: str | Path,
+    *,
+    predictor: Predictor,
+    output_dir: Path,
+    outputs: OutputOptions,
+    cues: CueOptions,
+    batch_size: int = 4,
+    progress: bool = True,
+    record: dict[str, Any] | None = None,
+) -> InferSummary:
+    """Process every video named by ``inputs``; a failing video does not stop the others."""
+    videos = find_inputs(inputs)
+    summary = InferSummary()
+    for video, name in zip(videos, output_names(videos), strict=True):
+        out_dir = Path(output_dir) / name
+        try:
+            process_video(video, predictor=predictor, out_dir=out_dir, outputs=outputs,
+                          cues=cues, batch_size=batch_size, progress=progress, record=record)
+        except SurgsegError as exc:
+            summary.failed.append((video, str(exc)))
+            if progress:
+                tqdm.write(f"failed: {exc}")
+        else:
+            summary.done.append(out_dir)
+            if progress:
+                tqdm.write(f"done: {video} -> {out_dir}")
+    return summary
