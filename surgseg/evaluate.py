@@ -1,0 +1,166 @@
+"""Evaluate a predictor on a dataset: per-video and overall metrics, a JSON + Markdown
+report, and optionally the predicted masks in the EndoVis 2017 submission layout.
+
+Frames go through ``Predictor.predict`` at their own size, exactly as in inference.
+
+Submission layout (``submission_dir``)::
+
+    <video>/BinarySegmentation/<frame name>     0 / 255
+    <video>/PartsSegmentation/<frame name>      0 / 10 / 20 / 30  (shaft / wrist / clasper)
+    <video>/TypeSegmentation/<frame name>       0..7 (``INSTRUMENT_TYPES`` order)
+
+one 8-bit PNG per frame, e.g. ``instrument_dataset_1/BinarySegmentation/frame000.png``, at the
+original frame size (1920×1080 for EndoVis 2017) with the crop undone: zeros outside it. The
+values follow the training ground truth (parts 10/20/30) and the challenge's type order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from surgseg.atomic import atomic_path, write_json
+from surgseg.datasets import SegmentationSet
+from surgseg.errors import ConfigError
+from surgseg.metrics import SegmentationMetrics
+from surgseg.predictor import Predictor
+
+SUBMISSION = {  # task → (folder, value of class index 1)
+    "binary": ("BinarySegmentation", 255),
+    "parts": ("PartsSegmentation", 10),
+    "types": ("TypeSegmentation", 1),
+}
+
+
+def submission_mask(mask: np.ndarray, task: str) -> np.ndarray:
+    """Class indices → the submission's values for ``task``."""
+    return (mask * SUBMISSION[task][1]).astype(np.uint8)
+
+
+def _batches(
+    dataset: SegmentationSet, batch_size: int
+) -> Iterator[list[tuple[int, np.ndarray, np.ndarray]]]:
+    """(index, image, mask) of consecutive items, in batches of frames of one size."""
+    batch: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        if batch and (len(batch) == batch_size or image.shape != batch[0][1].shape):
+            yield batch
+            batch = []
+        batch.append((i, image, target))
+    if batch:
+        yield batch
+
+
+def evaluate(
+    predictor: Predictor,
+    dataset: SegmentationSet,
+    *,
+    batch_size: int = 4,
+    submission_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run ``predictor`` on every frame of ``dataset`` and measure it against the masks.
+
+    Returns ``{"task", "class_names", "frames", "seconds", "overall", "videos"}``: ``overall``
+    is accumulated over all frames (plus ``frame_iou_video_mean``, the mean over videos of
+    their ``frame_iou``); ``videos`` maps each video id to its own metrics (see
+    ``SegmentationMetrics.compute``).
+    """
+    meta = predictor.meta
+    if tuple(meta.class_names) != tuple(dataset.class_names):
+        raise ConfigError(
+            f"the checkpoint's classes {list(meta.class_names)} are not the dataset's "
+            f"{list(dataset.class_names)}"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if submission_dir is not None and meta.task not in SUBMISSION:
+        raise ConfigError(f"no submission layout for task {meta.task!r}")
+    videos: dict[str, SegmentationMetrics] = {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(dataset), desc="eval", unit="frame", disable=not progress)
+    for batch in _batches(dataset, batch_size):
+        predictions = predictor.predict([image for _, image, _ in batch])
+        for (i, _, target), pred in zip(batch, predictions, strict=True):
+            video = dataset.video_of(i)
+            if video not in videos:
+                videos[video] = SegmentationMetrics(meta.num_classes)
+            videos[video].update(pred.mask, target)
+            if submission_dir is not None:
+                _write_submission(Path(submission_dir), dataset, i, pred.mask, meta.task)
+        bar.update(len(batch))
+    bar.close()
+    overall = SegmentationMetrics(meta.num_classes)
+    for m in videos.values():
+        overall.merge(m)
+    per_video = {video: m.compute() for video, m in videos.items()}
+    summary = overall.compute()
+    frame_ious = [v["frame_iou"] for v in per_video.values() if v["frame_iou"] is not None]
+    summary["frame_iou_video_mean"] = float(np.mean(frame_ious)) if frame_ious else None
+    return {
+        "task": meta.task,
+        "class_names": list(meta.class_names),
+        "frames": len(dataset),
+        "seconds": time.perf_counter() - start,
+        "overall": summary,
+        "videos": per_video,
+    }
+
+
+def _write_submission(
+    out: Path, dataset: SegmentationSet, i: int, mask: np.ndarray, task: str
+) -> None:
+    if dataset.crop is not None:
+        mask = dataset.crop.undo(mask)
+    folder, _ = SUBMISSION[task]
+    path = out / dataset.video_of(i) / folder / Path(dataset.name_of(i)).with_suffix(".png")
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), submission_mask(mask, task)):
+            raise OSError(f"could not write {path}")
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _markdown(results: dict[str, Any]) -> str:
+    names = results["class_names"]
+    cols = ["frames", "frame_iou", "miou", "mdice", "miou_all", "pixel_accuracy"]
+    if len(names) == 2:
+        cols += ["sensitivity", "specificity", "balanced_accuracy"]
+    rows = [*results["videos"].items(), ("**overall**", results["overall"])]
+    lines = [
+        f"# Evaluation: task {results['task']}, {results['frames']} frames",
+        "",
+        "| video | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for video, m in rows:
+        cells = [str(m["frames"]) if c == "frames" else _fmt(m[c]) for c in cols]
+        lines.append(f"| {video} | " + " | ".join(cells) + " |")
+    lines += ["", "IoU per class:", "", "| video | " + " | ".join(names) + " |"]
+    lines.append("|---|" + "---:|" * len(names))
+    for video, m in rows:
+        lines.append(f"| {video} | " + " | ".join(_fmt(x) for x in m["iou"]) + " |")
+    if results["overall"].get("frame_iou_video_mean") is not None:
+        mean = results["overall"]["frame_iou_video_mean"]
+        lines += ["", f"Mean over videos of the per-frame IoU: {mean:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.md`` into ``out_dir`` atomically; return both
+    paths."""
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / "metrics.json", out_dir / "metrics.md"
+    write_json(json_path, results)
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(_markdown(results))
+    return json_path, md_path
