@@ -25,12 +25,13 @@ from typing import Any
 from tqdm import tqdm
 
 from surgseg.atomic import write_json
-from surgseg.cues import Tracker, estimate_view, find_instruments
+from surgseg.cues import estimate_view, find_instruments
 from surgseg.decode import Frame, VideoReader
 from surgseg.errors import SurgsegError, VideoError
 from surgseg.predictor import Predictor
 from surgseg.sinks import CuesWriter, OverlayWriter, open_mask_writer
 from surgseg.tasks import palette
+from surgseg.tracking import Tracker
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
 
@@ -44,7 +45,7 @@ class CueOptions:
     tip_band: float = 2.0
     track_max_distance: float = 80.0
     track_max_missed: int = 10
-    view: str = "auto"  # "auto": estimate the field of view from the first frame; "full": whole frame
+    view: str = "auto"  # "auto": field of view estimated from the first frame; "full": whole frame
 
 
 @dataclass

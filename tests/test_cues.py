@@ -1,0 +1,301 @@
+"""Pose cues from masks drawn here with OpenCV, whose tip, axis and entry are known exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from surgseg.apps import CONF_DIR
+from surgseg.cues import (
+    border_band_mask,
+    cue_errors,
+    cues_from_mask,
+    estimate_view,
+    find_instruments,
+    match_to_ground_truth,
+    summarize_errors,
+)
+from surgseg.tasks import CLASPER, SHAFT, WRIST
+
+H, W = 512, 640
+CENTRE, RADIUS = np.array([320.0, 256.0]), 240.0
+
+
+def _unit(deg: float) -> np.ndarray:
+    return np.array([math.cos(math.radians(deg)), math.sin(math.radians(deg))])
+
+
+def _bar(mask: np.ndarray, start, end, width: float, value: int) -> None:
+    """Filled rectangle of ``width`` from ``start`` to ``end`` (sub-pixel corners)."""
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    d = (end - start) / np.linalg.norm(end - start)
+    n = np.array([-d[1], d[0]]) * width / 2
+    corners = np.array([start + n, end + n, end - n, start - n])
+    cv2.fillPoly(mask, [np.round(corners * 16).astype(np.int32)], value, cv2.LINE_8, shift=4)
+
+
+def _circle_view() -> np.ndarray:
+    y, x = np.mgrid[:H, :W]
+    return np.hypot(x - CENTRE[0], y - CENTRE[1]) <= RADIUS
+
+
+def _instrument(mask, entry, angle_deg, *, length=150, width=40, bend=0.0, jaws=0.0):
+    """Shaft from outside ``entry`` inwards along ``angle_deg`` (labels SHAFT), a wrist bent by
+    ``bend`` degrees (WRIST) and two jaws opened by ±``jaws`` degrees (CLASPER) that end in
+    points. Returns the two jaw end points and the shaft axis."""
+    axis, entry = _unit(angle_deg), np.asarray(entry, float)
+    shaft_end = entry + length * axis
+    _bar(mask, entry - 60 * axis, shaft_end, width, SHAFT)
+    wrist_dir = _unit(angle_deg + bend)
+    hinge = shaft_end + 30 * wrist_dir
+    _bar(mask, shaft_end - 2 * wrist_dir, hinge, 0.7 * width, WRIST)
+    ends = []
+    for side in (-1, 1):
+        jaw_dir = _unit(angle_deg + bend + side * jaws)
+        end = hinge + 35 * jaw_dir
+        tri = np.array([hinge + side * 6 * np.array([-jaw_dir[1], jaw_dir[0]]), end, hinge])
+        cv2.fillPoly(mask, [np.round(tri * 16).astype(np.int32)], CLASPER, cv2.LINE_8, shift=4)
+        _bar(mask, hinge - 2 * jaw_dir, end, 8, CLASPER)
+        ends.append(end)
+    return np.array(ends), axis
+
+
+def _on_circle(deg: float) -> np.ndarray:
+    return CENTRE + RADIUS * _unit(deg)
+
+
+def _axis_error(a, b) -> float:
+    return cue_errors([({"tip": [0, 0], "axis": a}, {"tip": [0, 0], "axis": b})])["axis_deg"][0]
+
+
+@pytest.mark.parametrize("task", ["parts", "binary"])
+@pytest.mark.parametrize("where", [0.0, 100.0, 215.0, 300.0])
+def test_straight_instrument_in_circular_view(task, where):
+    view = _circle_view()
+    mask = np.zeros((H, W), np.uint8)
+    entry = _on_circle(where)
+    ends, axis = _instrument(mask, entry, where + 180 + 12)
+    tip = ends.mean(axis=0)
+    mask[~view] = 0
+    if task == "binary":
+        mask = (mask > 0).astype(np.uint8)
+    [inst] = find_instruments(mask, task=task, view=view)
+    assert math.dist(inst.tip, tip) <= 1.5
+    assert _axis_error(inst.axis, axis) <= 1.0
+    assert inst.entry_on_border
+    assert math.dist(inst.entry, entry) <= 4.0
+    assert np.dot(inst.axis, axis) > 0
+    assert inst.angle_deg == pytest.approx(math.degrees(math.atan2(axis[1], axis[0])), abs=1.0)
+    if task == "parts":
+        assert set(inst.parts) == {"shaft", "wrist", "clasper"}
+        assert math.dist(inst.parts["wrist"], entry + 165 * axis) <= 2.0
+
+
+def test_bent_wrist_and_open_jaws():
+    """The axis follows the shaft, not the 30° wrist; the tip is the jaw end farthest from the
+    entry, or between both when they are about equally far (weighted by how many pixels of
+    each lie in the tip band, so only roughly the midpoint: 30 px apart here)."""
+    view = _circle_view()
+    for bend, expected, tolerance in ((30.0, "far end", 1.5), (0.0, "midpoint", 5.0)):
+        parts = np.zeros((H, W), np.uint8)
+        entry = _on_circle(160)
+        ends, axis = _instrument(parts, entry, 160 + 180 - 20, length=160, bend=bend, jaws=25)
+        parts[~view] = 0
+        far = np.linalg.norm(ends - entry, axis=1)
+        tip = ends[np.argmax(far)] if expected == "far end" else ends.mean(axis=0)
+        for task, mask in (("parts", parts), ("binary", (parts > 0).astype(np.uint8))):
+            [inst] = find_instruments(mask, task=task, view=view)
+            assert _axis_error(inst.axis, axis) <= 1.0, (task, bend)
+            assert math.dist(inst.tip, tip) <= tolerance, (task, bend)
+
+
+def test_image_border_counts_as_boundary_and_orientation_sign():
+    mask = np.zeros((H, W), np.uint8)
+    _bar(mask, (-10, 200), (300, 260), 30, 1)  # enters through the left edge, points right
+    [inst] = find_instruments(mask)
+    assert inst.entry_on_border and inst.entry[0] < 2.0
+    assert inst.axis[0] > 0 and inst.tip[0] > 295
+    flipped = np.ascontiguousarray(mask[:, ::-1])  # enters through the right edge
+    [inst] = find_instruments(flipped)
+    assert inst.entry[0] > W - 3 and inst.axis[0] < 0
+    assert abs(abs(inst.angle_deg) - 180) < 15
+
+
+def test_free_floating_instrument():
+    """Not touching the boundary: the entry is the axis end away from the jaws."""
+    mask = np.zeros((H, W), np.uint8)
+    _bar(mask, (200, 300), (400, 300), 30, SHAFT)
+    _bar(mask, (400, 300), (440, 300), 12, CLASPER)
+    [inst] = find_instruments(mask, task="parts")
+    assert not inst.entry_on_border
+    assert inst.entry[0] == pytest.approx(200, abs=1.5)
+    assert inst.tip[0] == pytest.approx(440, abs=1.5)
+    assert inst.axis[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_two_instruments_and_min_area():
+    mask = np.zeros((H, W), np.uint8)
+    _bar(mask, (-5, 100), (250, 150), 30, 1)
+    _bar(mask, (W + 5, 400), (380, 330), 26, 1)
+    cv2.circle(mask, (320, 40), 3, 1, -1)  # 29 px speck
+    found = find_instruments(mask)
+    assert len(found) == 2
+    assert found[0].area_px >= found[1].area_px
+    assert len(find_instruments(mask, min_area=10)) == 3
+    assert find_instruments(mask, min_area=10**6) == []
+
+
+def test_types_separates_touching_instruments():
+    mask = np.zeros((H, W), np.uint8)
+    _bar(mask, (-5, 200), (300, 200), 30, 3)
+    _bar(mask, (300, -5), (300, 190), 30, 6)  # touches the first one
+    assert len(find_instruments(mask, task="binary")) == 1
+    found = find_instruments(mask, task="types")
+    assert sorted(inst.label for inst in found) == [3, 6]
+    for inst in found:
+        rows, cols = np.nonzero(mask == inst.label)
+        assert inst.area_px == len(rows)
+        assert inst.centroid == pytest.approx((cols.mean(), rows.mean()))
+
+
+def test_measurements_agree_with_numpy():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((H, W), np.uint8)
+    _bar(mask, (50, 480), (260, 330), 24, SHAFT)
+    _bar(mask, (260, 330), (300, 300), 14, WRIST)
+    confidence = rng.random((H, W)).astype(np.float32)
+    [inst] = find_instruments(mask, task="parts", confidence=confidence)
+    rows, cols = np.nonzero(mask)
+    assert inst.area_px == len(rows)
+    assert inst.bbox == (cols.min(), rows.min(), np.ptp(cols) + 1, np.ptp(rows) + 1)
+    assert inst.centroid == pytest.approx((cols.mean(), rows.mean()))
+    assert inst.confidence == pytest.approx(float(confidence[mask > 0].mean()), rel=1e-5)
+    sr, sc = np.nonzero(mask == SHAFT)
+    assert inst.parts["shaft"] == pytest.approx((sc.mean(), sr.mean()))
+    assert "clasper" not in inst.parts
+    assert find_instruments(mask, task="parts")[0].confidence is None
+
+
+def test_to_dict_is_json_ready():
+    mask = np.zeros((H, W), np.uint8)
+    _instrument(mask, (0, 250), 10)
+    conf = np.full((H, W), 0.75, np.float32)
+    [record] = cues_from_mask(mask, task="parts", confidence=conf, min_area=10)
+    assert json.loads(json.dumps(record)) == record
+    assert list(record) == [
+        "id", "label", "area_px", "bbox", "centroid", "axis", "angle_deg", "entry",
+        "entry_on_border", "tip", "parts", "confidence",
+    ]  # fmt: skip
+    assert record["confidence"] == 0.75 and record["id"] is None
+    assert record["tip"] == [round(v, 2) for v in record["tip"]]
+    assert -180 < record["angle_deg"] <= 180
+
+
+def test_ignore_label_is_background_and_bad_inputs():
+    mask = np.full((64, 80), 255, np.uint8)
+    assert find_instruments(mask) == []
+    with pytest.raises(ValueError, match="shape"):
+        find_instruments(np.zeros((64, 80), np.uint8), view=np.ones((64, 81), bool))
+    with pytest.raises(ValueError, match=r"0\.\.255"):
+        find_instruments(np.full((4, 4), 300))
+    with pytest.raises(Exception, match="unknown task"):
+        find_instruments(mask, task="nope")
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0, 2.0, 3.0, 4.5])
+def test_border_band_matches_distance_transform(width):
+    rng = np.random.default_rng(1)
+    view = _circle_view()
+    view[rng.integers(0, H, 40), rng.integers(0, W, 40)] = False
+    padded = cv2.copyMakeBorder(view.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    np.testing.assert_array_equal(border_band_mask(view, view.shape, width), dist <= width)
+
+
+def test_estimate_view():
+    view = _circle_view()
+    rng = np.random.default_rng(2)
+    image = np.where(view[..., None], rng.integers(60, 250, (H, W, 3)), 0).astype(np.uint8)
+    image[200:260, 100:200] = 5  # a dark patch inside the view is still view
+    image[10, 10] = 255  # a bright speck outside is not
+    estimated = estimate_view(image)
+    assert (estimated & view).sum() / (estimated | view).sum() > 0.99
+    assert estimated[230, 150] and not estimated[10, 10]
+    assert estimate_view(np.full((H, W, 3), 128, np.uint8)).all()  # no dark surround
+    assert estimate_view(np.zeros((H, W, 3), np.uint8)).all()  # nothing bright
+
+
+def test_matching_and_error_summary():
+    gt = [
+        {"tip": [100, 100], "axis": [1, 0], "entry": [0, 100]},
+        {"tip": [300, 300], "axis": [0, 1], "entry": [300, 0]},
+        {"tip": [500, 50], "axis": [-1, 0], "entry": [639, 50]},
+    ]
+    pred = [
+        {"tip": [303, 304], "axis": [0, -1]},  # 5 px, pointing the wrong way: 180°
+        {"tip": [100, 101], "axis": [math.cos(0.1), math.sin(0.1)]},  # 1 px, 5.73°
+        {"tip": [400, 400], "axis": [1, 0]},  # nothing within 50 px
+    ]
+    pairs = match_to_ground_truth(pred, gt)
+    assert [(p["tip"], g["tip"]) for p, g in pairs] == [
+        ([303, 304], [300, 300]),
+        ([100, 101], [100, 100]),
+    ]
+    errors = cue_errors(pairs)
+    assert errors["tip_px"] == pytest.approx([5.0, 1.0])
+    assert errors["axis_deg"] == pytest.approx([180.0, math.degrees(0.1)])
+    assert match_to_ground_truth(pred, gt, max_distance=4.0) == [(pred[1], gt[0])]
+    assert match_to_ground_truth([], gt) == []
+
+    tips = [1.0, 2.0, 3.0, 4.0, 10.0]
+    axes = [0.5, 0.1, 0.2, 0.4, 0.3]
+    summary = summarize_errors(tips, axes)
+    assert summary == {
+        "count": 5,
+        "tip_px_median": 3.0,
+        "tip_px_p90": pytest.approx(7.6),  # 4 + 0.6·(10 − 4)
+        "axis_deg_median": 0.3,
+        "axis_deg_p90": pytest.approx(0.46),
+    }
+    assert summary["tip_px_p90"] == pytest.approx(np.percentile(tips, 90))
+    assert summarize_errors([], [])["tip_px_median"] is None
+
+
+def test_cue_config_composes_and_drives_the_functions():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="infer", overrides=["input=x", "checkpoint=x", "output_dir=x"])
+    c = cfg.cues
+    mask = np.zeros((H, W), np.uint8)
+    _instrument(mask, (0, 250), 10)
+    found = find_instruments(
+        mask, task="parts", min_area=c.min_area, border_band=c.border_band, tip_band=c.tip_band
+    )
+    assert len(found) == 1 and c.view in ("auto", "full")
+    assert c.track_max_distance > 0 and c.track_max_missed >= 0
+
+
+def test_fast_at_1080p():
+    """Three large instruments at 1920×1080: well under 20 ms of one core's time per frame."""
+    mask = np.zeros((1080, 1920), np.uint8)
+    for x, y, angle, length in ((0, 300, 20, 900), (1919, 500, 160, 700), (900, 1079, -80, 500)):
+        entry, axis = np.array([x, y], float), _unit(angle)
+        _bar(mask, entry - 50 * axis, entry + length * axis, 60, SHAFT)
+        _bar(mask, entry + length * axis, entry + (length + 80) * axis, 40, WRIST)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        assert len(find_instruments(mask, task="parts")) == 3
+        times = []
+        for _ in range(5):
+            start = time.process_time()
+            find_instruments(mask, task="parts")
+            times.append(time.process_time() - start)
+    finally:
+        cv2.setNumThreads(threads)
+    assert min(times) < 0.020
