@@ -1,0 +1,81 @@
+"""surgseg-export: checkpoint → ONNX, checked on ONNX Runtime against PyTorch.
+
+    surgseg-export checkpoint=runs/binary/best.pt output_dir=exports
+
+writes ``exports/best.onnx`` and ``exports/best.json`` (max |Δlogits| and argmax agreement on
+synthetic frames at two sizes). The ONNX file is only put in place if the check passes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from surgseg.apps import CONF_DIR, cli_errors
+from surgseg.atomic import write_json
+from surgseg.checkpoint import load_checkpoint
+from surgseg.errors import ConfigError
+from surgseg.export import check_onnx, export_onnx, synthetic_frames
+
+
+def run(cfg: DictConfig) -> dict:
+    """Export ``cfg.checkpoint``, check it and write the ONNX file and its JSON report."""
+    checkpoint = Path(cfg.checkpoint)
+    model, meta = load_checkpoint(checkpoint)
+    out_dir = Path(cfg.output_dir)
+    name = cfg.name or checkpoint.stem
+    onnx_path, report_path = out_dir / f"{name}.onnx", out_dir / f"{name}.json"
+    h, w = meta.input_size
+    sizes = (
+        [tuple(s) for s in cfg.check.sizes]
+        if cfg.check.sizes
+        else [(h, w), (h * 3 // 2, w * 3 // 2)]
+    )
+
+    staging = out_dir / f".{name}.checking.onnx"
+    try:
+        export_onnx(
+            model,
+            staging,
+            meta=meta,
+            opset=int(cfg.opset),
+            dynamic=bool(cfg.dynamic),
+            precision=str(cfg.precision),
+        )
+        frames = synthetic_frames(meta, sizes, batch=int(cfg.check.batch), seed=int(cfg.seed))
+        report = check_onnx(staging, model, frames)
+        report.update(
+            checkpoint=str(checkpoint),
+            onnx=str(onnx_path),
+            opset=int(cfg.opset),
+            precision=str(cfg.precision),
+            min_agreement=float(cfg.check.min_agreement),
+        )
+        report["passed"] = report["agreement"] >= report["min_agreement"]
+        write_json(report_path, report)
+        if not report["passed"]:
+            raise ConfigError(
+                f"ONNX Runtime agrees with PyTorch on only {report['agreement']:.4%} of pixels "
+                f"(< {report['min_agreement']:.2%}); report in {report_path}",
+                checkpoint,
+            )
+        staging.replace(onnx_path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@cli_errors("surgseg-export")
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    print(
+        f"{report['onnx']}: max |Δlogits| {report['max_abs_diff']:.2e}, "
+        f"argmax agreement {report['agreement']:.4%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""ONNX Runtime engine: CPU, CUDA or TensorRT execution provider.
+
+Without ``onnx_path`` the model is exported on the fly into ``cache_dir`` (named by a hash of
+its weights and metadata, so a changed model is exported again). On CUDA the torch input and
+output tensors are bound in place with io_binding: nothing goes through host memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from surgseg.checkpoint import CheckpointMeta
+from surgseg.engines.base import Engine
+from surgseg.errors import ConfigError
+from surgseg.export import DEFAULT_CACHE_DIR, cached_onnx
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+PRECISIONS = ("fp32", "fp16")
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runs an ONNX export of the model on ONNX Runtime.
+
+    Args:
+        model, meta: the model to export when ``onnx_path`` is None.
+        device: "cpu" or a CUDA device; CUDA/TensorRT providers need a CUDA device.
+        providers: names from ``PROVIDERS`` in priority order; default cuda+cpu on CUDA, cpu on CPU.
+        onnx_path: an existing export to run.
+        cache_dir: where on-the-fly exports (and TensorRT EP engines) are kept.
+        precision: "fp32" or "fp16" (the exported graph's type; TensorRT EP builds fp16 too).
+        threads: intra-op threads on the CPU (0: ONNX Runtime's default).
+        profile: optional {"min","opt","max"} NCHW shapes for the TensorRT provider.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        meta: CheckpointMeta | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        providers: Sequence[str] | None = None,
+        onnx_path: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        precision: str = "fp32",
+        threads: int = 0,
+        profile: dict[str, Sequence[int]] | None = None,
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError(
+                "engine=onnxruntime needs the onnxruntime package: pip install 'surgseg[onnx]'"
+            ) from None
+        if precision not in PRECISIONS:
+            raise ConfigError(f"engine.precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = torch.device(device)
+        names = list(providers or (["cuda", "cpu"] if self.device.type == "cuda" else ["cpu"]))
+        unknown = [p for p in names if p not in PROVIDERS]
+        if unknown:
+            raise ConfigError(f"engine.providers must be among {tuple(PROVIDERS)}, got {unknown}")
+        gpu = [p for p in names if p != "cpu"]
+        if gpu and self.device.type != "cuda":
+            raise ConfigError(
+                f"engine.providers {gpu} need a CUDA device, got device={self.device}"
+            )
+        available = ort.get_available_providers()
+        missing = [p for p in names if PROVIDERS[p] not in available]
+        if missing:
+            raise ConfigError(
+                f"onnxruntime has no {missing} execution provider (available: {available}); "
+                "for CUDA/TensorRT install onnxruntime-gpu instead of onnxruntime"
+            )
+        if onnx_path is None:
+            if model is None or meta is None:
+                raise ConfigError("engine=onnxruntime needs onnx_path or a model to export")
+            onnx_path = cached_onnx(model, meta, cache_dir=cache_dir, precision=precision)
+        self.onnx_path = Path(onnx_path)
+        if not self.onnx_path.is_file():
+            raise ConfigError("ONNX file not found", self.onnx_path)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        index = self.device.index if self.device.index is not None else 0
+        cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / "ort-trt"
+        provider_options = {
+            "cpu": {},
+            "cuda": {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE"},
+            "tensorrt": {
+                "device_id": index,
+                "trt_fp16_enable": precision == "fp16",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+                **_trt_profile_options(profile),
+            },
+        }
+        self.session = ort.InferenceSession(
+            str(self.onnx_path),
+            sess_options=options,
+            providers=[(PROVIDERS[p], provider_options[p]) for p in names],
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        out = self.session.get_outputs()[0]
+        self.output_name = out.name
+        self.output_dtype = _ORT_TYPES.get(out.type, torch.float32)
+        self.num_classes = out.shape[1]
+        if self.device.type == "cuda" and not isinstance(self.num_classes, int):
+            raise ConfigError(
+                "ONNX output has no fixed class count; export it with surgseg-export",
+                self.onnx_path,
+            )
+        self._index = index
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, torch.float32).contiguous()
+        if self.device.type != "cuda":
+            out = self.session.run([self.output_name], {self.input_name: batch.numpy()})[0]
+            return torch.from_numpy(out)
+        return self._infer_cuda(batch)
+
+    def _infer_cuda(self, batch: torch.Tensor) -> torch.Tensor:
+        """io_binding on torch's CUDA memory; the run waits for ONNX Runtime's stream to finish."""
+        n, _, h, w = batch.shape
+        out = torch.empty((n, self.num_classes, h, w), dtype=self.output_dtype, device=self.device)
+        binding = self.session.io_binding()
+        binding.bind_input(
+            self.input_name, "cuda", self._index, np.float32, tuple(batch.shape), batch.data_ptr()
+        )
+        binding.bind_output(
+            self.output_name,
+            "cuda",
+            self._index,
+            np.float16 if self.output_dtype == torch.float16 else np.float32,
+            tuple(out.shape),
+            out.data_ptr(),
+        )
+        torch.cuda.current_stream(self.device).synchronize()  # the input is written
+        self.session.run_with_iobinding(binding)
+        return out
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _trt_profile_options(profile: dict[str, Sequence[int]] | None) -> dict[str, str]:
+    if not profile:
+        return {}
+    from surgseg.engines.cache import profile_shapes
+
+    shapes = profile_shapes(profile["min"], profile["opt"], profile["max"])
+    fmt = {
+        k: "image:" + "x".join(str(d) for d in getattr(shapes, k)) for k in ("min", "opt", "max")
+    }
+    return {
+        "trt_profile_min_shapes": fmt["min"],
+        "trt_profile_opt_shapes": fmt["opt"],
+        "trt_profile_max_shapes": fmt["max"],
+    }

@@ -1,0 +1,290 @@
+"""Export to ONNX, check the export on ONNX Runtime, and quantize it for INT8 engines.
+
+The exported graph takes ``image`` (float32, N×3×H×W, normalized) and returns ``logits``
+(N×classes×H×W) with dynamic batch, height and width. The checkpoint's metadata travels in the
+file's ``metadata_props`` so an ONNX file is self-describing. Reduced precision is baked into the
+graph (fp16/bf16 weights, or INT8 Q/DQ nodes), which is what TensorRT's strongly typed networks
+and ONNX Runtime both run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from surgseg.atomic import atomic_path
+from surgseg.checkpoint import CheckpointMeta
+from surgseg.errors import CheckpointError, ConfigError, DatasetError
+
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
+DEFAULT_CACHE_DIR = "~/.cache/surgseg"
+_META_KEYS = ("task", "class_names", "model", "input_size", "mean", "std", "provenance")
+
+
+class OnnxWrapper(nn.Module):
+    """Named float32 input ``image`` → ``logits`` (the model's ``"out"``), at ``dtype`` inside."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image.to(self.dtype))["out"]
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    meta: CheckpointMeta,
+    opset: int = 18,
+    dynamic: bool = True,
+    precision: str = "fp32",
+) -> Path:
+    """Export ``model`` to ``path`` (atomically) with ``meta`` in its metadata_props.
+
+    Uses the dynamo exporter (torch.export + onnxscript), torch's default since 2.9; it needs
+    opset ≥ 18. ``precision`` "fp16"/"bf16" exports the weights in that type (float32 input).
+    """
+    import onnx
+
+    if precision not in DTYPES:
+        raise ConfigError(
+            f"ONNX export precision must be one of {tuple(DTYPES)}, got {precision!r}"
+        )
+    if opset < 18:
+        raise ConfigError(f"export.opset must be at least 18 (dynamo exporter), got {opset}")
+    dtype = DTYPES[precision]
+    module = copy.deepcopy(model).cpu().to(dtype) if dtype != torch.float32 else model.cpu()
+    wrapper = OnnxWrapper(module, dtype).eval()
+    # Batch 2 in the example: torch.export specializes dimensions of size 0 and 1.
+    example = torch.zeros(2, 3, *meta.input_size)
+    dims = {0: "batch", 2: "height", 3: "width"}
+    with torch.inference_mode(False):
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={INPUT_NAME: dims} if dynamic else None,
+            verbose=False,
+        )
+    proto = program.model_proto
+    fields = {k: v for k, v in asdict(meta).items() if k in _META_KEYS}
+    fields.update(format="surgseg-onnx", precision=precision)
+    for key, value in fields.items():
+        proto.metadata_props.add(key=f"surgseg.{key}", value=json.dumps(value))
+    with atomic_path(path) as tmp:
+        onnx.save(proto, tmp)
+    return Path(path)
+
+
+def read_onnx_meta(path: str | Path) -> tuple[CheckpointMeta, str]:
+    """The checkpoint metadata and precision embedded by ``export_onnx``."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("ONNX file not found", path)
+    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    if props.get("surgseg.format") != json.dumps("surgseg-onnx"):
+        raise CheckpointError("not a surgseg ONNX export (no surgseg metadata)", path)
+    raw = {k: json.loads(props[f"surgseg.{k}"]) for k in _META_KEYS}
+    raw["input_size"] = tuple(raw["input_size"])
+    raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+    return CheckpointMeta(**raw), json.loads(props["surgseg.precision"])
+
+
+def model_digest(model: nn.Module, meta: CheckpointMeta, *, precision: str, opset: int) -> str:
+    """Short hash of the weights, metadata and export settings: the name of an exported file."""
+    digest = hashlib.sha256(
+        json.dumps([asdict(meta), precision, opset, torch.__version__], default=str).encode()
+    )
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(
+            value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()[:16]
+
+
+def cached_onnx(
+    model: nn.Module,
+    meta: CheckpointMeta,
+    *,
+    cache_dir: str | Path | None,
+    precision: str = "fp32",
+    opset: int = 18,
+) -> Path:
+    """The ONNX export of ``model`` in ``cache_dir``, exported now if not already there."""
+    cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+    path = (
+        cache_dir
+        / f"model-{model_digest(model, meta, precision=precision, opset=opset)}.{precision}.onnx"
+    )
+    if not path.is_file():
+        export_onnx(model, path, meta=meta, opset=opset, precision=precision)
+    return path
+
+
+def synthetic_frames(
+    meta: CheckpointMeta, sizes: Sequence[tuple[int, int]], *, batch: int = 2, seed: int = 0
+) -> list[torch.Tensor]:
+    """Normalized float32 batches (one per size) of drawn scenes: a textured background with
+    bright elongated bars and discs, a crude stand-in for tools over tissue."""
+    rng = np.random.default_rng(seed)
+    mean = np.array(meta.mean, np.float32) * 255
+    std = np.array(meta.std, np.float32) * 255
+    batches = []
+    for h, w in sizes:
+        images = []
+        for _ in range(batch):
+            image = cv2.GaussianBlur(rng.integers(60, 160, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+            for _ in range(3):
+                p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+                p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+                color = tuple(int(c) for c in rng.integers(170, 256, 3))
+                cv2.line(image, p1, p2, color, thickness=max(2, min(h, w) // 10))
+                cv2.circle(image, p2, max(2, min(h, w) // 12), color, thickness=-1)
+            images.append((image.astype(np.float32) - mean) / std)
+        batches.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
+    return batches
+
+
+def check_onnx(path: str | Path, model: nn.Module, frames: Sequence[torch.Tensor]) -> dict:
+    """Run ``path`` on ONNX Runtime (CPU) and ``model`` in PyTorch FP32 on each normalized batch.
+
+    Returns the max |Δlogits| and the share of pixels whose argmax agrees, per batch and overall.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = model.eval()
+    device = next(model.parameters()).device
+    results = []
+    for batch in frames:
+        with torch.inference_mode():
+            ref = model(batch.to(device))["out"].float().cpu()
+        out = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]).float()
+        if out.shape != ref.shape:
+            raise ConfigError(f"ONNX output shape {list(out.shape)} != PyTorch {list(ref.shape)}")
+        agree = (out.argmax(1) == ref.argmax(1)).double().mean().item()
+        results.append(
+            {
+                "shape": list(batch.shape),
+                "max_abs_diff": (out - ref).abs().max().item(),
+                "agreement": agree,
+            }
+        )
+    pixels = [r["shape"][0] * r["shape"][2] * r["shape"][3] for r in results]
+    return {
+        "max_abs_diff": max(r["max_abs_diff"] for r in results),
+        "agreement": sum(r["agreement"] * n for r, n in zip(results, pixels, strict=True))
+        / sum(pixels),
+        "batches": results,
+    }
+
+
+def image_batches(
+    folder: str | Path,
+    *,
+    meta: CheckpointMeta,
+    input_size: tuple[int, int],
+    batch_size: int = 8,
+    limit: int = 256,
+) -> Iterator[np.ndarray]:
+    """Normalized float32 NCHW batches of up to ``limit`` images (png/jpg) from ``folder``,
+    resized to ``input_size``: calibration data for INT8."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not files:
+        raise DatasetError("no .png/.jpg images for INT8 calibration", folder)
+    mean = np.array(meta.mean, np.float32) * 255
+    std = np.array(meta.std, np.float32) * 255
+    h, w = input_size
+    files = files[:limit]
+    for start in range(0, len(files), batch_size):
+        images = []
+        for f in files[start : start + batch_size]:
+            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise DatasetError("unreadable image", f)
+            rgb = cv2.resize(
+                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (w, h), interpolation=cv2.INTER_AREA
+            )
+            images.append((rgb.astype(np.float32) - mean) / std)
+        yield np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+
+
+def quantize_onnx(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    batches: Iterable[np.ndarray | torch.Tensor] | None,
+    method: str = "entropy",
+    calibration_cache: str | Path | None = None,
+) -> Path:
+    """Post-training INT8 quantization into explicit Q/DQ nodes (ONNX Runtime's quantizer).
+
+    Symmetric INT8 activations and per-channel symmetric INT8 weights, the form TensorRT runs.
+    Activation ranges are calibrated on ``batches`` (normalized float32 NCHW) and saved to
+    ``calibration_cache`` (JSON); when that file exists, ``batches`` may be None.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(
+            f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}"
+        )
+    has_cache = calibration_cache is not None and Path(calibration_cache).is_file()
+    if batches is None and not has_cache:
+        raise ConfigError(
+            "INT8 needs calibration frames (engine.calibration.folder) or a calibration cache"
+        )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches or ())
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            if batch is None:
+                return None
+            return {INPUT_NAME: np.asarray(batch, dtype=np.float32)}
+
+    if calibration_cache is not None:
+        Path(calibration_cache).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        quantize_static(
+            str(src),
+            str(tmp),
+            calibration_data_reader=None if has_cache else _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod[{"minmax": "MinMax"}.get(method, method.title())],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            calibration_cache_path=calibration_cache,
+        )
+    return Path(dst)
