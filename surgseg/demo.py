@@ -81,8 +81,9 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
     lines = [
         "# surgseg demo report",
         "",
-        f"Model: {context['model']}, task `{result['task']}`, trained {context['train_time_s']:.0f} s "
-        f"on {context['device']}; held-out synthetic clip of {result['frames']} frames "
+        f"Model: {context['model']}, task `{result['task']}`, trained "
+        f"{context['train_time_s']:.0f} s ({context['train_steps']} steps) on {context['device']}; "
+        f"held-out synthetic clip of {result['frames']} frames "
         f"({context['frame_size']}).",
         "",
         "## Segmentation (held-out clip, at the original frame size)",
@@ -107,7 +108,8 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
         "| axis error median (°) | axis error p90 (°) |",
         "|---|---|---|---|---|---|",
     ]
-    for label, key in (("model masks", "cues_from_model"), ("ground-truth masks", "cues_from_ground_truth")):
+    sources = (("model masks", "cues_from_model"), ("ground-truth masks", "cues_from_ground_truth"))
+    for label, key in sources:
         e = result[key]
         lines.append(
             f"| {label} | {e['count']} | {_fmt(e['tip_px_median'])} | {_fmt(e['tip_px_p90'])} "
@@ -120,7 +122,8 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
     lines += [
         "## Timing",
         "",
-        f"Inference: {_fmt(context.get('infer_fps'), 1)} frames/s end to end on {context['device']}.",
+        f"Inference: {_fmt(context.get('infer_fps'), 1)} frames/s end to end "
+        f"on {context['device']}.",
         "",
     ]
     with atomic_path(path) as tmp:
