@@ -53,7 +53,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "+experiment=synthetic_resnet18", f"model={cfg.model}", f"task={cfg.task}",
         f"data.root={clips}", "data.val_videos=[val]", f"output_dir={out / 'train'}",
         f"input_size={size}", f"device={cfg.device}", f"seed={cfg.seed}",
-        f"progress={cfg.progress}", *cfg.train_overrides,
+        f"progress={cfg.progress}", f"epochs={cfg.epochs}", f"batch_size={cfg.batch_size}",
+        f"max_steps={'null' if cfg.max_steps is None else cfg.max_steps}",
     ])
     started = time.perf_counter()
     trained = train_app.run(train_cfg)
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _say("[3/4] processing the held-out clip")
     infer_cfg = compose("infer", overrides=[
         f"input={heldout / 'video.mp4'}", f"checkpoint={checkpoint}", f"output_dir={out}",
-        f"device={cfg.device}", f"progress={cfg.progress}", *cfg.infer_overrides,
+        f"device={cfg.device}", f"progress={cfg.progress}", f"outputs.masks={cfg.masks}",
     ])
     cues = infer_app._options(CueOptions, infer_cfg.cues, "cues")
     outputs = infer_app._options(OutputOptions, infer_cfg.outputs, "outputs")
