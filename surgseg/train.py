@@ -1,0 +1,551 @@
+"""Train the dilated ResNet FCN: one pure function from datasets to checkpoints.
+
+Writes into ``out_dir``: ``last.pt`` (every epoch and on Ctrl-C, with everything needed to
+resume exactly), ``best.pt`` (highest validation mIoU), ``metrics.csv`` and ``curves.png``.
+Runs data-parallel when a process group is initialised (see :mod:`surgseg.distributed`);
+only rank 0 writes or prints.
+
+Resuming is exact: the data order and the augmentation draws depend only on (seed, epoch,
+rank), and the checkpoint keeps the optimizer, scheduler, AMP scaler and RNG states plus the
+position inside the epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import functools
+import math
+import platform
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+import surgseg
+from surgseg import distributed as ddp
+from surgseg.atomic import atomic_path
+from surgseg.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from surgseg.errors import CheckpointError, ConfigError
+from surgseg.losses import SegmentationLoss
+from surgseg.metrics import SegmentationMetrics
+from surgseg.model import build_model, load_fcn_weights
+from surgseg.schedule import build_scheduler
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train(
+    *,
+    meta: CheckpointMeta,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    out_dir: str | Path,
+    optimizer: Callable[[Iterable[nn.Parameter]], Optimizer],
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 8,
+    warmup_steps: int = 0,
+    poly_power: float = 0.9,
+    grad_clip: float | None = None,
+    amp: str | None = None,
+    aux_weight: float = 0.5,
+    dice_weight: float = 0.0,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    num_workers: int = 0,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
+    sync_bn: bool = False,
+    channels_last: bool = False,
+    progress: bool = True,
+    val_every: int = 1,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a model described by ``meta``; return its final and best metrics, the output
+    paths and the trained ``model`` (unwrapped, on ``device``).
+
+    Args:
+        meta: task, class names, architecture (``build_model`` arguments), input size and
+            normalization; stored in every checkpoint.
+        train_set, val_set: datasets of (float32 CHW image, int64 HW mask) pairs, already
+            transformed; ``val_set`` may be None (no validation, no ``best.pt``).
+        out_dir: output folder.
+        optimizer: factory called with the model parameters, e.g.
+            ``functools.partial(torch.optim.Adam, lr=1e-4)``.
+        epochs, max_steps: training length; with both, whichever ends first.
+        batch_size: images per optimizer step and process.
+        warmup_steps, poly_power: linear warm-up then poly decay, per step.
+        grad_clip: max gradient norm, or None.
+        amp: None, ``"bf16"`` or ``"fp16"`` (CUDA only; fp16 uses a GradScaler).
+        aux_weight: weight of the auxiliary head's loss (when the model has one).
+        dice_weight: weight of the soft Dice term (0 = cross-entropy only).
+        device: ``"cpu"``, ``"cuda"``…; under ``torchrun`` the per-process device.
+        seed: seeds initialisation, data order and augmentation.
+        num_workers: data-loading worker processes.
+        resume: continue from ``out_dir/last.pt`` if it exists.
+        init_weights: torchvision ``fcn_resnet*`` state dict to start from.
+        backbone_weights: ImageNet ResNet state dict to start from.
+        sync_bn: synchronise batch-norm statistics across processes (CUDA only).
+        channels_last: use the channels-last memory format.
+        progress: show tqdm bars (rank 0, on a terminal).
+        val_every: validate every this many epochs (and after the last).
+        provenance: extra facts for the checkpoint (command, config, dataset).
+    """
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    rank, world = ddp.rank(), ddp.world_size()
+    main = rank == 0
+    if epochs is None and max_steps is None:
+        raise ConfigError("give epochs or max_steps")
+    if amp not in (None, *AMP_DTYPES):
+        raise ConfigError(f"amp must be null, 'bf16' or 'fp16', got {amp!r}")
+    if amp is not None and device.type != "cuda":
+        raise ConfigError(f"amp={amp!r} needs a CUDA device, not {device.type!r}")
+    if sync_bn and world > 1 and device.type != "cuda":
+        raise ConfigError("sync_bn needs CUDA devices")
+    if val_every < 1:
+        raise ConfigError(f"val_every must be at least 1, got {val_every}")
+    if any(n is not None and n < 1 for n in (epochs, max_steps)):
+        raise ConfigError(f"epochs and max_steps must be positive, got {epochs} and {max_steps}")
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if last_path.exists() and not resume:
+        raise ConfigError(
+            "already holds a training run (last.pt); resume it or choose another output folder",
+            out_dir,
+        )
+
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    steps_per_epoch = len(sampler) // batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size {batch_size} is larger than the {len(sampler)} training images per process"
+        )
+    total_steps = steps_per_epoch * epochs if epochs is not None else max_steps
+    total_steps = min(total_steps, max_steps or total_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
+    torch.manual_seed(seed)
+    model = build_model(
+        num_classes=meta.num_classes, backbone_weights=backbone_weights, **meta.model
+    )
+    if init_weights is not None:
+        load_fcn_weights(model, init_weights)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    opt = optimizer(model.parameters())
+    scheduler = build_scheduler(
+        opt, total_steps=total_steps, warmup_steps=warmup_steps, power=poly_power
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best": None}
+    state["history"] = []
+    if resume and last_path.exists():
+        state = _restore(last_path, meta, model, opt, scheduler, scaler)
+    elif resume and main:
+        print(f"no {last_path} to resume: starting from scratch", file=sys.stderr)
+
+    if sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    criterion = SegmentationLoss(aux_weight=aux_weight, dice_weight=dice_weight)
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=AMP_DTYPES.get(amp), enabled=amp is not None
+    )
+
+    base = {
+        **(provenance or {}),
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+        "world_size": world,
+        "seed": seed,
+        "train_images": len(train_set),
+        "val_images": len(val_set) if val_set is not None else 0,
+    }
+
+    def checkpoint(path: Path) -> None:
+        row = state["history"][-1] if state["history"] else {}
+        facts = {
+            **base,
+            "epochs": state["epoch"],
+            "steps": state["step"],
+            "metrics": row,
+            "best_val_miou": state["best"],
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        train_state = {
+            **state,
+            "optimizer": opt.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(),
+        }
+        save_checkpoint(
+            path,
+            model=model,
+            meta=dataclasses.replace(meta, provenance=facts),
+            train_state=train_state,
+        )
+
+    show = progress and main and sys.stderr.isatty()
+    loss_sum: torch.Tensor | None = None
+    try:
+        while state["step"] < total_steps:
+            epoch = state["epoch"]
+            started = time.perf_counter()
+            sampler.set_epoch(epoch)
+            loader = _train_loader(
+                train_set,
+                sampler,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                seed=(seed, epoch, rank),
+                pin_memory=device.type == "cuda",
+            )
+            todo = min(steps_per_epoch, total_steps - (state["step"] - state["batch"]))
+            # Summed on the device: no host sync per step.
+            loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
+            net.train()
+            bar = tqdm(
+                total=todo,
+                initial=state["batch"],
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not show,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for images, targets in _skip(loader, state["batch"], todo):
+                images = images.to(device, non_blocking=True, memory_format=memory_format)
+                targets = targets.to(device, non_blocking=True)
+                with _sigint_deferred():
+                    with autocast():
+                        loss = criterion(net(images), targets)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if grad_clip:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    scheduler.step()
+                    loss_sum += loss.detach()
+                    state["batch"] += 1
+                    state["step"] += 1
+                bar.update()
+                if show and state["batch"] % 10 == 1:
+                    bar.set_postfix(
+                        loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+                    )
+            bar.close()
+
+            ddp.broadcast_buffers(model)
+            loss_mean = torch.stack([loss_sum, loss_sum.new_tensor(state["batch"])]).cpu()
+            ddp.all_reduce_sum(loss_mean)
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "lr": scheduler.get_last_lr()[0],
+                "train_loss": (loss_mean[0] / loss_mean[1]).item(),
+                "val_miou": None,
+                "val_iou": None,
+            }
+            finished = state["step"] >= total_steps
+            if val_set is not None and ((epoch + 1) % val_every == 0 or finished):
+                scores = evaluate(
+                    model,
+                    val_set,
+                    num_classes=meta.num_classes,
+                    batch_size=batch_size,
+                    device=device,
+                    num_workers=num_workers,
+                    amp=amp,
+                    channels_last=channels_last,
+                    progress=show,
+                )
+                row["val_miou"], row["val_iou"] = scores["miou"], scores["iou"]
+            row["time_s"] = time.perf_counter() - started
+            improved = row["val_miou"] is not None and (
+                state["best"] is None or row["val_miou"] > state["best"]
+            )
+            # One update, so a Ctrl-C never leaves the epoch half-recorded.
+            state.update(
+                epoch=epoch + 1,
+                batch=0,
+                loss_sum=0.0,
+                history=[*state["history"], row],
+                best=row["val_miou"] if improved else state["best"],
+            )
+            if main:
+                checkpoint(last_path)
+                if improved:
+                    checkpoint(best_path)
+                _write_csv(out_dir / "metrics.csv", state["history"], meta.class_names)
+                _log(row, epochs)
+    except KeyboardInterrupt:
+        if main:
+            if state["batch"] and loss_sum is not None:
+                state["loss_sum"] = loss_sum.item()
+            checkpoint(last_path)
+            print(f"interrupted: saved {last_path}", file=sys.stderr)
+        raise
+
+    curves = out_dir / "curves.png"
+    if main:
+        _plot_curves(curves, state["history"])
+    final = state["history"][-1] if state["history"] else {}
+    return {
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "train_loss": final.get("train_loss"),
+        "val_miou": final.get("val_miou"),
+        "val_iou": final.get("val_iou"),
+        "best_val_miou": state["best"],
+        "last": last_path,
+        "best": best_path if best_path.exists() else None,
+        "model": model,
+        "metrics_csv": out_dir / "metrics.csv",
+        "curves": curves,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    num_classes: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    amp: str | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Segmentation metrics of ``model`` on ``dataset`` of (image, mask) tensor pairs.
+
+    Under DDP each process takes every ``world_size``-th image and the confusion matrices
+    are summed, so every process gets the metrics of the whole set.
+    """
+    device = torch.device(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    rank, world = ddp.rank(), ddp.world_size()
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(
+        shard, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    metrics = SegmentationMetrics(num_classes)
+    was_training = model.training
+    model.eval()
+    for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False):
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=AMP_DTYPES.get(amp), enabled=amp is not None):
+            logits = model(images)["out"]
+        metrics.update(logits.argmax(1), targets.to(device, non_blocking=True))
+    model.train(was_training)
+    ddp.all_reduce_sum(metrics.confusion)
+    ddp.all_reduce_sum(metrics.frame_stats)
+    return metrics.compute()
+
+
+def _train_loader(
+    dataset: Dataset,
+    sampler: DistributedSampler,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: tuple[int, int, int],
+    pin_memory: bool,
+) -> DataLoader:
+    """A loader whose order and augmentation depend only on ``seed`` = (seed, epoch, rank)."""
+    entropy = np.random.SeedSequence(seed).generate_state(2)
+    if num_workers == 0:
+        _seed_transform(dataset, int(entropy[0]))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(int(entropy[1])),
+        worker_init_fn=_seed_worker,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each worker its own augmentation stream, derived from the loader's generator."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    _seed_transform(torch.utils.data.get_worker_info().dataset, worker_seed)
+
+
+def _seed_transform(dataset: Dataset, seed: int) -> None:
+    """Reseed an albumentations pipeline (``dataset.transform``), which ignores global seeds."""
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _skip(loader: DataLoader, done: int, todo: int) -> Iterator[Any]:
+    """Batches ``done``..``todo`` of ``loader``; earlier ones are loaded and dropped so the
+    augmentation streams advance exactly as in an uninterrupted epoch."""
+    if done >= todo:
+        return
+    for i, batch in enumerate(loader):
+        if i >= todo:
+            return
+        if i >= done:
+            yield batch
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so a training step is never cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending and callable(previous):
+        previous(signal.SIGINT, None)
+
+
+def _restore(
+    path: Path,
+    meta: CheckpointMeta,
+    model: nn.Module,
+    opt: Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> dict[str, Any]:
+    payload = read_checkpoint(path)
+    saved = payload["meta"]
+    if saved["class_names"] != list(meta.class_names) or saved["model"] != dict(meta.model):
+        raise CheckpointError(
+            "was trained with other classes or another model; cannot resume", path
+        )
+    state = payload["train_state"]
+    if not state:
+        raise CheckpointError("holds no training state to resume from", path)
+    model.load_state_dict(payload["state_dict"])
+    opt.load_state_dict(state.pop("optimizer"))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    scaler.load_state_dict(state.pop("scaler"))
+    _set_rng_state(state.pop("rng"))
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain lists (checkpoints are loaded with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": [version, list(py_state), py_gauss],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+def _write_csv(path: Path, history: list[dict[str, Any]], class_names: list[str]) -> None:
+    header = ["epoch", "step", "lr", "train_loss", "val_miou"]
+    header += [f"val_iou_{name}" for name in class_names] + ["time_s"]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in history:
+            ious = row["val_iou"] or [None] * len(class_names)
+            values = [row["epoch"], row["step"], row["lr"], row["train_loss"], row["val_miou"]]
+            writer.writerow(values + ious + [round(row["time_s"], 3)])
+
+
+def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    """Training loss and validation mIoU against the epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    ax_loss.plot([r["epoch"] for r in history], [r["train_loss"] for r in history], "o-")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    validated = [r for r in history if r["val_miou"] is not None]
+    ax_iou.plot(
+        [r["epoch"] for r in validated], [r["val_miou"] for r in validated], "o-", color="C1"
+    )
+    ax_iou.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU", ylim=(0, 1))
+    for ax in (ax_loss, ax_iou):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _log(row: dict[str, Any], epochs: int) -> None:
+    val = "" if row["val_miou"] is None else f"  val mIoU {row['val_miou']:.4f}"
+    print(
+        f"epoch {row['epoch']}/{epochs}  step {row['step']}  loss {row['train_loss']:.4f}"
+        f"  lr {row['lr']:.2e}{val}  ({row['time_s']:.1f}s)",
+        flush=True,
+    )
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "surgseg": surgseg.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
