@@ -10,7 +10,7 @@ from surgseg.apps.demo import run
 
 def test_tiny_demo_writes_everything(tmp_path):
     overrides = [
-        f"output_dir={tmp_path}", "train_clips=2", "frames_per_clip=6", "val_frames=4",
+        f"output_dir={tmp_path}", "train_clips=2", "val_clips=1", "frames_per_clip=4",
         "heldout_frames=5", "input_size=[64,80]", "progress=false",
         "epochs=1", "batch_size=4",
         "clips.width=160", "clips.height=128",

@@ -27,14 +27,19 @@ def _say(step: str) -> None:
     print(f"surgseg-demo: {step}", flush=True)
 
 
+def _val_names(cfg: DictConfig) -> list[str]:
+    return [f"val_{i:02d}" for i in range(cfg.val_clips)]
+
+
 def make_clips(cfg: DictConfig, data: Path) -> tuple[Path, Path]:
     """Write the training, validation and held-out clips; return (clips root, held-out clip)."""
     gen = OmegaConf.to_container(cfg.clips, resolve=True)
     gen.pop("seed")
     clips = data / "clips"
     jobs = [(clips / f"train_{i:02d}", i + 1, cfg.frames_per_clip) for i in range(cfg.train_clips)]
-    jobs += [(clips / "val", VAL_SEED, cfg.val_frames), (data / "heldout", HELDOUT_SEED,
-                                                         cfg.heldout_frames)]
+    jobs += [(clips / name, VAL_SEED + i, cfg.frames_per_clip)
+             for i, name in enumerate(_val_names(cfg))]
+    jobs += [(data / "heldout", HELDOUT_SEED, cfg.heldout_frames)]
     for folder, seed, frames in jobs:
         if not (folder / "clip.json").exists():
             write_clip(folder, **{**gen, "num_frames": frames, "seed": seed})
@@ -51,7 +56,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     size = f"[{cfg.input_size[0]},{cfg.input_size[1]}]"
     train_cfg = compose("train", overrides=[
         "+experiment=synthetic_resnet18", f"model={cfg.model}", f"task={cfg.task}",
-        f"data.root={clips}", "data.val_videos=[val]", f"output_dir={out / 'train'}",
+        f"data.root={clips}", f"data.val_videos=[{','.join(_val_names(cfg))}]",
+        f"output_dir={out / 'train'}",
         f"input_size={size}", f"device={cfg.device}", f"seed={cfg.seed}",
         f"progress={cfg.progress}", f"epochs={cfg.epochs}", f"batch_size={cfg.batch_size}",
         f"max_steps={'null' if cfg.max_steps is None else cfg.max_steps}",
