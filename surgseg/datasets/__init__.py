@@ -86,8 +86,9 @@ class SegmentationSet(torch.utils.data.Dataset):
 
     @classmethod
     def find_videos(cls, root: Path) -> list[str]:
-        """Names of the videos found under ``root``, in natural order."""
-        raise NotImplementedError
+        """Names of the videos found under ``root``, in natural order: by default the folders
+        whose names start with ``video_prefix``."""
+        return natural_sorted(p.name for p in root.glob(f"{cls.video_prefix}*") if p.is_dir())
 
     @property
     def num_classes(self) -> int:

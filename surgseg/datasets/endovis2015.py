@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surgseg.datasets import SegmentationSet, natural_sorted, video_names
+from surgseg.datasets import SegmentationSet, video_names
 from surgseg.decode import read_frames
 from surgseg.errors import DatasetError
 from surgseg.tasks import CLASPER, SHAFT, TASKS
@@ -65,10 +65,6 @@ class EndoVis2015(SegmentationSet):
     """
 
     video_prefix = "Dataset"
-
-    @classmethod
-    def find_videos(cls, root: Path) -> list[str]:
-        return natural_sorted(p.name for p in root.glob(f"{cls.video_prefix}*") if p.is_dir())
 
     def __init__(
         self,

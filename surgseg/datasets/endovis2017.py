@@ -29,7 +29,6 @@ from surgseg.datasets import (
     check_size,
     check_values,
     image_size,
-    natural_sorted,
     read_image,
     read_mask,
     video_names,
@@ -75,10 +74,6 @@ class EndoVis2017(SegmentationSet):
     """
 
     video_prefix = "instrument_dataset_"
-
-    @classmethod
-    def find_videos(cls, root: Path) -> list[str]:
-        return natural_sorted(p.name for p in root.glob(f"{cls.video_prefix}*") if p.is_dir())
 
     def __init__(
         self,
