@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 
 import av
 import numpy as np
 
-from surgseg.atomic import atomic_path
+from surgseg.atomic import Output, atomic_path
 
 # Codec → (pixel format fed to the encoder, encoder options) for the codecs we write.
 CODECS: dict[str, tuple[str, dict[str, str]]] = {
@@ -25,7 +24,7 @@ CODECS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-class VideoWriter:
+class VideoWriter(Output):
     """Write RGB (or, for ``ffv1``, single-channel uint8) frames to ``path``.
 
     The file appears under its final name only when the writer is closed without error; an
@@ -94,16 +93,3 @@ class VideoWriter:
         finally:
             self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

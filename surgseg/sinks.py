@@ -14,41 +14,17 @@ import json
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import av
 import cv2
 import numpy as np
 
-from surgseg.atomic import atomic_path
+from surgseg.atomic import Output, atomic_path
 from surgseg.encode import VideoWriter
 from surgseg.errors import ConfigError
 
 MASK_FORMATS = ("png", "ffv1")
-
-
-class _Sink:
-    def close(self) -> None:
-        """Finish the output."""
-
-    def abort(self) -> None:
-        """Stop after an error; by default the same as ``close``."""
-        self.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:
@@ -57,7 +33,7 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
-class PngMaskWriter(_Sink):
+class PngMaskWriter(Output):
     """One lossless 8-bit grayscale PNG per frame, ``<out_dir>/masks/000123.png`` (frame
     index, 6 digits), holding the class index of each pixel. Each file is written atomically.
     """
@@ -74,7 +50,7 @@ class PngMaskWriter(_Sink):
                 raise OSError(f"{tmp}: cv2.imwrite failed")
 
 
-class Ffv1MaskWriter(_Sink):
+class Ffv1MaskWriter(Output):
     """All masks in one lossless gray8 FFV1 Matroska video, one mask frame per input frame.
 
     ``pts`` are given in the input stream's ``time_base``. Matroska stores times in
@@ -157,7 +133,7 @@ def _builtin(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-class CuesWriter(_Sink):
+class CuesWriter(Output):
     """``cues.jsonl``: one JSON object per frame (``index``, ``pts``, ``time_s``,
     ``instruments``), flushed line by line so that a consumer can tail it.
 
@@ -226,7 +202,7 @@ def draw_overlay(
     return out
 
 
-class OverlayWriter(_Sink):
+class OverlayWriter(Output):
     """``overlay.mp4``: each frame with ``draw_overlay`` applied, encoded as H.264 yuv420p.
 
     Odd frame sizes are padded by one edge-replicated row/column to even. ``pts`` are in the
