@@ -3,6 +3,7 @@
 from surgseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from surgseg.model import build_model
 from surgseg.predictor import Prediction, Predictor
+from surgseg.stream import stream
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,5 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "save_checkpoint",
+    "stream",
 ]

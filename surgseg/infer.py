@@ -16,8 +16,8 @@ import glob
 import platform
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,12 @@ from typing import Any
 from tqdm import tqdm
 
 from surgseg.atomic import write_json
-from surgseg.cues import estimate_view, find_instruments
-from surgseg.decode import Frame, VideoReader
+from surgseg.decode import VideoReader
 from surgseg.errors import SurgsegError, VideoError
+from surgseg.pipeline import PoseCues, Write, segmentation_pipeline
 from surgseg.predictor import Predictor
 from surgseg.sinks import CuesWriter, OverlayWriter, open_mask_writer
 from surgseg.tasks import palette
-from surgseg.tracking import Tracker
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
 
@@ -112,17 +111,6 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
-    batch: list[Frame] = []
-    for frame in frames:
-        batch.append(frame)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _clear_outputs(out_dir: Path) -> None:
     """Remove the marker and outputs of an earlier run in ``out_dir``."""
     (out_dir / "run.json").unlink(missing_ok=True)
@@ -144,17 +132,13 @@ def process_video(
 ) -> dict[str, Any]:
     """Segment every frame of ``video`` and write masks, cues, overlay and ``run.json``.
 
+    Decoding, inference, pose cues and writing run concurrently (``surgseg.pipeline``).
     ``record`` holds extra fields for run.json (the resolved config, the checkpoint path).
     Returns the run record. Raises VideoError for a video that cannot be processed.
     """
     started = datetime.now(UTC)
-    timing = dict.fromkeys(("decode", "predict", "cues", "write"), 0.0)
-    task = predictor.meta.task
-    tracker = Tracker(max_distance=cues.track_max_distance, max_missed=cues.track_max_missed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
-    processed = 0
-    view = None
     with VideoReader(video) as reader:
         info = reader.info
         sinks_kw = {"width": info.width, "height": info.height, "time_base": info.time_base,
@@ -170,45 +154,23 @@ def process_video(
                    leave=False)
         try:
             with CuesWriter(out_dir / "cues.jsonl") as cue_file:
-                batches = _batches(iter(reader), batch_size)
-                while True:
-                    t0 = time.perf_counter()
-                    batch = next(batches, None)
-                    t1 = time.perf_counter()
-                    timing["decode"] += t1 - t0
-                    if batch is None:
-                        break
-                    predictions = predictor.predict([f.image for f in batch])
-                    t2 = time.perf_counter()
-                    timing["predict"] += t2 - t1
-                    for frame, pred in zip(batch, predictions, strict=True):
-                        t3 = time.perf_counter()
-                        if view is None and cues.view == "auto":
-                            view = estimate_view(frame.image)
-                        found = find_instruments(
-                            pred.mask, task=task, confidence=pred.confidence, view=view,
-                            min_area=cues.min_area, border_band=cues.border_band,
-                            tip_band=cues.tip_band,
-                        )
-                        instruments = [i.to_dict() for i in tracker.update(found)]
-                        t4 = time.perf_counter()
-                        timing["cues"] += t4 - t3
-                        masks.write(frame.index, frame.pts, pred.mask)
-                        cue_file.write({"index": frame.index, "pts": frame.pts,
-                                        "time_s": round(frame.time_s, 6),
-                                        "instruments": instruments})
-                        if overlay is not None:
-                            overlay.write(frame.image, pred.mask, instruments, frame.pts)
-                        timing["write"] += time.perf_counter() - t4
-                    processed += len(batch)
+                pipeline = segmentation_pipeline(
+                    reader, predictor=predictor,
+                    cues=PoseCues(task=predictor.meta.task, **asdict(cues)),
+                    write=Write(masks=masks, cues=cue_file, overlay=overlay),
+                    batch_size=batch_size,
+                )
+                for batch in pipeline:
                     bar.update(len(batch))
+            stages = pipeline.stats
+            processed = stages["write"].frames
             if processed == 0:
                 raise VideoError("no decodable frame", video)
-            t5 = time.perf_counter()
+            t0 = time.perf_counter()
             masks.close()
             if overlay is not None:
                 overlay.close()
-            timing["write"] += time.perf_counter() - t5
+            closing = time.perf_counter() - t0
         except BaseException:
             masks.abort()
             if overlay is not None:
@@ -218,6 +180,12 @@ def process_video(
             bar.close()
         stats = reader.stats
 
+    timing = {
+        "decode": stages["decode"].busy_s,
+        "predict": stages["preprocess"].busy_s + stages["inference"].busy_s,
+        "cues": stages["cues"].busy_s,
+        "write": stages["write"].busy_s + closing,
+    }
     wall = (datetime.now(UTC) - started).total_seconds()
     run = {
         "input": str(video),
@@ -234,6 +202,7 @@ def process_video(
                     "cues": "cues.jsonl", "overlay": "overlay.mp4" if outputs.overlay else None},
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
         "timing_ms_per_frame": {k: round(1000 * v / processed, 2) for k, v in timing.items()},
+        "stages": {name: s.to_dict() for name, s in stages.items()},
         "wall_s": round(wall, 3),
         "fps": round(processed / wall, 2) if wall > 0 else None,
         "started": started.isoformat(),

@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from surgseg.errors import SurgsegError
+from surgseg.errors import ConfigError, SurgsegError
+
+T = TypeVar("T")
 
 
 def _config_dir() -> str:
@@ -49,3 +53,13 @@ def cli_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return wrapper
 
     return decorate
+
+
+def dataclass_from(cls: type[T], cfg: DictConfig, where: str) -> T:
+    """Build the dataclass ``cls`` from ``cfg``; unknown keys are a config error."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {unknown}; known: {sorted(known)}")
+    return cls(**values)

@@ -12,7 +12,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors
+from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
 from surgseg.apps import infer as infer_app
 from surgseg.apps import train as train_app
 from surgseg.demo import evaluate_run, save_overlay_still, write_report
@@ -73,8 +73,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"input={heldout / 'video.mp4'}", f"checkpoint={checkpoint}", f"output_dir={out}",
         f"device={cfg.device}", f"progress={cfg.progress}", f"outputs.masks={cfg.masks}",
     ])
-    cues = infer_app._options(CueOptions, infer_cfg.cues, "cues")
-    outputs = infer_app._options(OutputOptions, infer_cfg.outputs, "outputs")
+    cues = dataclass_from(CueOptions, infer_cfg.cues, "cues")
+    outputs = dataclass_from(OutputOptions, infer_cfg.outputs, "outputs")
     run_record = process_video(
         heldout / "video.mp4", predictor=infer_app.build_predictor(infer_cfg),
         out_dir=out / "heldout", outputs=outputs, cues=cues, batch_size=infer_cfg.batch_size,

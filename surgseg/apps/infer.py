@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors
+from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
 from surgseg.errors import ConfigError
 from surgseg.infer import CueOptions, InferSummary, OutputOptions, process_inputs
 from surgseg.predictor import Predictor
-
-
-def _options(cls: type, cfg: DictConfig, where: str):
-    """Build the dataclass ``cls`` from ``cfg``; unknown keys are a config error."""
-    values = OmegaConf.to_container(cfg, resolve=True)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 def build_predictor(cfg: DictConfig) -> Predictor:
@@ -37,10 +26,10 @@ def build_predictor(cfg: DictConfig) -> Predictor:
 
 def run(cfg: DictConfig) -> InferSummary:
     """Process ``cfg.input`` into ``cfg.output_dir``."""
-    outputs = _options(OutputOptions, cfg.outputs, "outputs")
+    outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
     if outputs.masks not in ("png", "ffv1"):
         raise ConfigError(f"outputs.masks must be 'png' or 'ffv1', got {outputs.masks!r}")
-    cues = _options(CueOptions, cfg.cues, "cues")
+    cues = dataclass_from(CueOptions, cfg.cues, "cues")
     predictor = build_predictor(cfg)
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),

@@ -1,0 +1,132 @@
+"""surgseg-stream: play a video as a live feed, emit each frame's cues when ready; see
+conf/stream.yaml and docs/streaming.md."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
+from surgseg.apps.infer import build_predictor
+from surgseg.atomic import write_json
+from surgseg.errors import ConfigError
+from surgseg.infer import CueOptions
+from surgseg.sinks import MASK_FORMATS, CuesWriter, open_mask_writer
+from surgseg.stream import LiveStream, stream
+
+
+def _paths(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
+    """(cues file or None for stdout, summary JSON or None, masks folder or None)."""
+    output = None if cfg.output == "-" else Path(cfg.output)
+    summary = Path(cfg.summary) if cfg.summary else None
+    if summary is None and output is not None:
+        summary = output.with_name(output.stem + ".summary.json")
+    masks_dir = None
+    if cfg.masks is not None:
+        if cfg.masks not in MASK_FORMATS:
+            raise ConfigError(f"masks must be null or one of {MASK_FORMATS}, got {cfg.masks!r}")
+        if cfg.masks_dir is None and output is None:
+            raise ConfigError("masks_dir is needed when output is - (stdout)")
+        masks_dir = Path(cfg.masks_dir) if cfg.masks_dir else output.parent
+    return output, summary, masks_dir
+
+
+@contextmanager
+def _ctrl_c_stops(event: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C sets ``event``: the stream ends after the frames in hand, and every
+    output closes normally. A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first_ctrl_c(signum: int, frame: object) -> None:
+        event.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
+          masks_dir: Path | None) -> None:  # fmt: skip
+    """Write every result as it comes; the writers are closed (not aborted) on Ctrl-C."""
+    masks = None
+    try:
+        for n, result in enumerate(live):
+            record = {"index": result.index, "pts": result.pts,
+                      "time_s": round(result.time_s, 6), "instruments": result.cues,
+                      "latency_ms": round(1000 * result.latency_s, 2)}  # fmt: skip
+            if cues_file is None:
+                print(json.dumps(record), flush=True)
+            else:
+                cues_file.write(record)
+            if masks_fmt is not None:
+                if masks is None:
+                    info = live.info
+                    masks = open_mask_writer(masks_fmt, masks_dir, width=info.width,
+                                             height=info.height, time_base=info.time_base,
+                                             fps=info.fps or 25.0)  # fmt: skip
+                # masks.mkv holds the emitted frames in order, each at its frame's pts
+                masks.write(result.index if masks_fmt == "png" else n, result.pts, result.mask)
+    except KeyboardInterrupt:
+        live.close()
+    except BaseException:
+        live.close()
+        if masks is not None:
+            masks.abort()
+        raise
+    if masks is not None:
+        masks.close()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Stream ``cfg.input``; return the summary (also written as JSON and to stderr).
+
+    Raises KeyboardInterrupt after Ctrl-C, once the outputs are closed and the summary written.
+    """
+    output, summary_path, masks_dir = _paths(cfg)
+    cues = dataclass_from(CueOptions, cfg.cues, "cues")
+    live = stream(cfg.input, predictor=build_predictor(cfg), realtime=cfg.realtime,
+                  drop=cfg.drop, queue_size=cfg.queue_size, cues=cues)  # fmt: skip
+    cues_file = CuesWriter(output) if output is not None else None
+    try:
+        with _ctrl_c_stops(live.stop):
+            _emit(live, cues_file, cfg.masks, masks_dir)
+    finally:
+        if cues_file is not None:
+            cues_file.close()
+    summary = {**live.summary(), "output": str(output) if output else "-"}
+    lat = summary["latency_ms"]
+    print(
+        f"surgseg-stream: {summary['frames_emitted']} of {summary['frames_released']} frames "
+        f"emitted, {summary['frames_dropped']} dropped; latency ms p50 {lat['p50']} "
+        f"p95 {lat['p95']} p99 {lat['p99']}",
+        file=sys.stderr,
+    )
+    if summary_path is not None:
+        write_json(summary_path, summary)
+    if not summary["complete"]:
+        raise KeyboardInterrupt
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="stream")
+@cli_errors("surgseg-stream")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Live-feed processing: a video file played as a camera, each result emitted when ready.
+
+In real time, each frame is released at its presentation time (wall clock counted from the
+first frame) and the source never waits for the model. When the model falls behind, the one
+waiting slot between the source and the model is managed by a drop policy:
+
+* ``keep_latest``: a new frame replaces the waiting one (the older frame is dropped), so the
+  model always works on the newest frame: the lowest latency.
+* ``drop_new``: a new frame is dropped while one is waiting, so the model works on the frame
+  that has waited longest: regular sampling, higher latency.
+
+With ``realtime=False`` frames go as fast as the model takes them and nothing is dropped (the
+source waits instead). A frame's latency runs from its release to the moment its result is
+handed to the caller::
+
+    for result in surgseg.stream("case.mp4", checkpoint="model.pt", realtime=True):
+        print(result.index, result.latency_s, result.cues)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surgseg.decode import Frame, VideoInfo, VideoReader
+from surgseg.errors import ConfigError
+from surgseg.infer import CueOptions
+from surgseg.pipeline import Batch, Pipeline, PoseCues, Stage, infer, upload
+from surgseg.predictor import Predictor
+
+DROP_POLICIES = ("keep_latest", "drop_new")
+
+
+@dataclass
+class StreamResult:
+    """One frame's result, emitted as soon as it is ready."""
+
+    index: int  # the frame's index in the video
+    pts: int | None
+    time_s: float  # the frame's presentation time
+    mask: np.ndarray  # (H, W) uint8 class index
+    confidence: np.ndarray  # (H, W) float32
+    cues: list[dict[str, Any]]  # tracked instruments, as in cues.jsonl
+    latency_s: float  # from the frame's release to this result
+
+
+def paced(
+    frames: Iterable[Frame], *, realtime: bool, stop: threading.Event | None = None
+) -> Iterator[Batch]:
+    """Release each frame as a batch of one; in real time, at its presentation time."""
+    stop = stop or threading.Event()
+    start = None
+    for frame in frames:
+        if realtime:
+            now = time.perf_counter()
+            if start is None:
+                start = now - frame.time_s
+            delay = start + frame.time_s - now
+            if delay > 0 and stop.wait(delay):
+                return
+        yield Batch([frame])
+
+
+def percentiles_ms(values_s: Iterable[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max/mean of latencies given in seconds, in milliseconds."""
+    values = np.asarray(values_s, dtype=np.float64) * 1000
+    if values.size == 0:
+        return dict.fromkeys(("p50", "p95", "p99", "max", "mean"))
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2),
+            "p99": round(float(p99), 2), "max": round(float(values.max()), 2),
+            "mean": round(float(values.mean()), 2)}  # fmt: skip
+
+
+class LiveStream:
+    """Iterate for ``StreamResult``s of ``video``; see ``stream``. Runs once.
+
+    After (or during) the iteration, ``summary()`` gives the counts, latency percentiles and
+    per-stage figures; ``info`` is the video's ``VideoInfo`` once iteration has started.
+    ``close()`` (or leaving a ``with`` block) stops every stage.
+    """
+
+    def __init__(
+        self,
+        video: str | Path,
+        predictor: Predictor,
+        *,
+        realtime: bool = True,
+        drop: str = "keep_latest",
+        queue_size: int = 1,
+        cues: CueOptions | None = None,
+        stop: threading.Event | None = None,
+    ):
+        if drop not in DROP_POLICIES:
+            raise ConfigError(f"drop must be one of {DROP_POLICIES}, got {drop!r}")
+        self.video = Path(video)
+        self.predictor = predictor
+        self.realtime = realtime
+        self.drop = drop
+        self.queue_size = queue_size
+        self.cues = cues or CueOptions()
+        self.stop = stop or threading.Event()
+        self.info: VideoInfo | None = None
+        self.latencies = array("d")  # seconds, 8 bytes per emitted frame
+        self.complete = False  # True once the whole video went through
+        self._pipeline: Pipeline | None = None
+        self._results: Iterator[StreamResult] | None = None
+        self._started = 0.0
+        self._wall = 0.0
+
+    def __iter__(self) -> Iterator[StreamResult]:
+        if self._results is not None:
+            raise RuntimeError("a LiveStream runs only once")
+        self._results = self._run()
+        return self._results
+
+    def _run(self) -> Iterator[StreamResult]:
+        predictor = self.predictor
+        to_device, run_model = upload(predictor), infer(predictor)
+        cues = PoseCues(task=predictor.meta.task, **asdict(self.cues))
+        with VideoReader(self.video) as reader:
+            self.info = reader.info
+            # Upload and model share one stage: a second queue before the model would hold
+            # frames the drop policy cannot reach.
+            self._pipeline = Pipeline(
+                paced(reader, realtime=self.realtime, stop=self.stop),
+                [Stage("inference", lambda b: run_model(to_device(b)), queue_size=1),
+                 Stage("cues", cues, queue_size=1)],
+                source_name="decode",
+                queue_size=self.queue_size,
+                drop=self.drop if self.realtime else "block",
+                count=len,
+                stop=self.stop,
+            )  # fmt: skip
+            self._started = time.perf_counter()
+            try:
+                for batch in self._pipeline:
+                    latency = time.perf_counter() - batch.released
+                    self.latencies.append(latency)
+                    frame, pred = batch.frames[0], batch.predictions[0]
+                    yield StreamResult(frame.index, frame.pts, frame.time_s, pred.mask,
+                                       pred.confidence, batch.instruments[0], latency)  # fmt: skip
+            finally:
+                self._wall = time.perf_counter() - self._started
+            self.complete = not self.stop.is_set()
+
+    def close(self) -> None:
+        """Stop every stage and end the iteration."""
+        self.stop.set()
+        if self._results is not None:
+            self._results.close()
+
+    def __enter__(self) -> LiveStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def summary(self) -> dict[str, Any]:
+        """Frames released, emitted and dropped; latency percentiles (ms); stage figures."""
+        stats = self._pipeline.stats if self._pipeline is not None else {}
+        source = stats.get("decode")
+        wall = self._wall or (time.perf_counter() - self._started if self._started else 0.0)
+        fps = self.info.fps if self.info is not None else None
+        return {
+            "input": str(self.video),
+            "realtime": self.realtime,
+            "drop": self.drop if self.realtime else None,
+            "frames_released": source.frames if source else 0,
+            "frames_emitted": len(self.latencies),
+            "frames_dropped": source.dropped if source else 0,
+            "video_fps": fps,
+            "frame_interval_ms": round(1000 / fps, 3) if fps else None,
+            "emitted_fps": round(len(self.latencies) / wall, 2) if wall > 0 else None,
+            "latency_ms": percentiles_ms(self.latencies),
+            "wall_s": round(wall, 3),
+            "complete": self.complete,  # False: stopped early (stop, close(), Ctrl-C, error)
+            "stages": {name: s.to_dict() for name, s in stats.items()},
+        }
+
+
+def stream(
+    video: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    predictor: Predictor | None = None,
+    engine: str = "torch",
+    device: str = "cpu",
+    task: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    realtime: bool = True,
+    drop: str = "keep_latest",
+    queue_size: int = 1,
+    cues: CueOptions | None = None,
+    stop: threading.Event | None = None,
+    **engine_options: Any,
+) -> LiveStream:
+    """Play ``video`` as a live source and segment it frame by frame (batch 1).
+
+    Give either ``checkpoint`` (loaded with ``engine`` on ``device``) or a ready ``predictor``.
+
+    Args:
+        realtime: release frames at their presentation times and drop frames by ``drop`` when
+            the model falls behind; False: as fast as possible, nothing dropped.
+        drop: ``keep_latest`` or ``drop_new`` (see the module docstring).
+        queue_size: frames that may wait for the model.
+        cues: pose-cue and tracking parameters.
+        stop: set it to end the stream.
+
+    Returns a ``LiveStream``: iterate it for ``StreamResult``s, then call ``summary()``.
+    """
+    if (checkpoint is None) == (predictor is None):
+        raise ConfigError("give exactly one of checkpoint and predictor")
+    if predictor is None:
+        predictor = Predictor.from_checkpoint(checkpoint, engine=engine, device=device,
+                                              task=task, input_size=input_size,
+                                              **engine_options)  # fmt: skip
+    return LiveStream(video, predictor, realtime=realtime, drop=drop, queue_size=queue_size,
+                      cues=cues, stop=stop)  # fmt: skip

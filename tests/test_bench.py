@@ -1,0 +1,115 @@
+"""surgseg-bench: stage-alone and end-to-end measurements, the report, the app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
+
+from surgseg.apps import CONF_DIR
+from surgseg.apps.bench import run
+from surgseg.bench import STAGES, bench, collect, model_flops, random_predictor, write_report
+from surgseg.predictor import Predictor
+from surgseg.synthetic import write_clip
+
+FRAMES = 10
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clip")
+    return write_clip(folder, num_frames=FRAMES, width=80, height=64, fps=25, seed=2) / "video.mp4"
+
+
+def test_bench_measures_every_stage_and_end_to_end(make_checkpoint, clip, tmp_path):
+    predictor = Predictor.from_checkpoint(make_checkpoint())
+    result = bench(clip, predictor=predictor, out_dir=tmp_path, batch_size=4, held_frames=6,
+                   masks="ffv1")  # fmt: skip
+    alone = result["stages_alone"]
+    assert set(alone) == set(STAGES)
+    assert alone["decode"]["frames"] == FRAMES
+    assert all(alone[s]["frames"] == 6 for s in STAGES[1:])
+    assert all(alone[s]["fps"] > 0 for s in STAGES)
+    slowest = min(STAGES, key=lambda s: alone[s]["fps"])
+    assert result["slowest_stage"] == slowest
+    e2e = result["end_to_end"]
+    assert e2e["frames"] == FRAMES
+    assert e2e["stages"]["write"]["frames"] == FRAMES and e2e["stages"]["decode"]["items"] == 3
+    assert result["end_to_end_vs_slowest"] == pytest.approx(e2e["fps"] / alone[slowest]["fps"],
+                                                            rel=1e-2)  # fmt: skip
+    assert e2e["peak_rss_mb"] > 50 and e2e["gpu_util_percent"] is None
+    assert e2e["latency_ms"]["p99"] >= e2e["latency_ms"]["p50"] > 0
+    assert result["compute"]["gflops_per_frame"] > 0 and result["compute"]["times_floor"] > 0
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_flops_on_meta_match_a_real_forward(make_checkpoint):
+    predictor = Predictor.from_checkpoint(make_checkpoint())
+    with FlopCounterMode(display=False) as counter:
+        predictor.engine.infer(torch.zeros(1, 3, *predictor.input_size))
+    assert model_flops(predictor) == counter.get_total_flops() > 0
+
+
+def test_random_predictor_is_seeded():
+    model = {"depth": 18, "output_stride": 8, "head": "fcn", "aux_loss": False}
+    a = random_predictor(model=model, input_size=(32, 40), seed=3)
+    b = random_predictor(model=model, input_size=(32, 40), seed=3)
+    x = torch.rand(1, 3, 32, 40)
+    torch.testing.assert_close(a.engine.infer(x), b.engine.infer(x))
+    assert a.meta.provenance == {"weights": "random"}
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="bench", overrides=overrides)
+
+
+SMALL = ["input_size=[32,40]", "max_frames=8", "held_frames=4", "clip.frames=8",
+         "clip.width=80", "clip.height=64", "flops=false"]  # fmt: skip
+
+
+def test_app_runs_into_its_folder_and_rebuilds_the_report(tmp_path):
+    for batch in (1, 2):
+        cfg = _compose([f"output_dir={tmp_path}", f"run_dir='{tmp_path}/batch_size={batch}'",
+                        *SMALL, f"batch_size={batch}"])  # fmt: skip
+        result = run(cfg)
+        assert result["batch_size"] == batch and result["model"]["input_size"] == [32, 40]
+        assert result["config"]["batch_size"] == batch
+    assert (tmp_path / "clips").is_dir()
+    runs = collect(tmp_path)
+    assert [label for label, _ in runs] == ["batch_size=1", "batch_size=2"]
+    table = (tmp_path / "bench.md").read_text()
+    assert "| batch_size=1 |" in table and "| batch_size=2 |" in table
+    image = cv2.imread(str(tmp_path / "bench.png"))
+    assert image is not None and image.shape[0] > 100
+
+
+def test_report_is_none_without_results(tmp_path):
+    assert write_report(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_hydra_multirun_sweep(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(CONF_DIR).parent)}
+    subprocess.run([sys.executable, "-m", "surgseg.apps.bench", "-m", f"output_dir={tmp_path}",
+                    *SMALL, "batch_size=1,2"], check=True, env=env, cwd=tmp_path)  # fmt: skip
+    labels = [label for label, _ in collect(tmp_path)]
+    assert labels == ["batch_size=1,input_size=[32,40]", "batch_size=2,input_size=[32,40]"]
+    assert json.loads((tmp_path / labels[1] / "bench.json").read_text())["batch_size"] == 2
+    assert (tmp_path / "bench.png").is_file()

@@ -1,0 +1,220 @@
+"""Live-feed streaming: pacing, drop policies, latency, clean stops, the API and the app."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import surgseg
+from surgseg.apps import CONF_DIR
+from surgseg.apps.stream import run
+from surgseg.checkpoint import CheckpointMeta
+from surgseg.decode import read_frames
+from surgseg.encode import VideoWriter
+from surgseg.engines import Engine
+from surgseg.predictor import Predictor
+from surgseg.sinks import read_masks
+from surgseg.stream import stream
+from surgseg.synthetic import write_clip
+from surgseg.tasks import class_names
+
+FPS = 30
+
+
+class SleepEngine(Engine):
+    """Sleeps ``delay_s`` per call; logits: foreground where the normalized image is bright."""
+
+    name = "sleep"
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        bright = batch.mean(dim=1, keepdim=True)
+        return torch.cat([-bright, bright], dim=1)
+
+
+def sleep_predictor(delay_s: float) -> Predictor:
+    meta = CheckpointMeta(task="binary", class_names=list(class_names("binary")), model={},
+                          input_size=(32, 40))  # fmt: skip
+    return Predictor(SleepEngine(delay_s), meta)
+
+
+def bar_video(path: Path, *, frames: int, fps: float = FPS, size=(80, 64)) -> Path:
+    """A dark video with a bright bar moving across it."""
+    width, height = size
+    with VideoWriter(path, width=width, height=height, fps=fps) as writer:
+        for i in range(frames):
+            image = np.full((height, width, 3), 30, np.uint8)
+            x = 5 + (i * 3) % (width - 20)
+            image[10:50, x : x + 12] = 220
+            writer.write(image)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: intra-op threads only add waits on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_second(tmp_path_factory) -> Path:
+    return bar_video(tmp_path_factory.mktemp("video") / "bar.mp4", frames=FPS)
+
+
+def _no_pipeline_threads() -> bool:
+    return not any(t.name in {"decode", "inference", "cues"} for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("drop", ["keep_latest", "drop_new"])
+def test_slow_model_in_real_time_drops_frames_and_keeps_latency_bounded(one_second, drop):
+    interval = 1 / FPS
+    live = stream(one_second, predictor=sleep_predictor(2 * interval), drop=drop)
+    results = list(live)
+    summary = live.summary()
+    indices = [r.index for r in results]
+    assert summary["frames_released"] == FPS and summary["complete"]
+    assert summary["frames_dropped"] > FPS // 4
+    assert len(results) + summary["frames_dropped"] == FPS
+    assert indices == sorted(set(indices))
+    if drop == "keep_latest":  # the newest frame always gets through
+        assert indices[-1] == FPS - 1
+    # Without dropping, the wait would grow by one interval per frame (about 1 s at the end).
+    assert max(r.latency_s for r in results) < 6 * interval
+    assert summary["latency_ms"]["p99"] < 6 * 1000 * interval
+    assert _no_pipeline_threads()
+
+
+def test_real_time_paces_frames_and_offline_runs_free(one_second):
+    t0 = time.perf_counter()
+    live = stream(one_second, predictor=sleep_predictor(0.0), realtime=True)
+    results = list(live)
+    paced_wall = time.perf_counter() - t0
+    assert [r.index for r in results] == list(range(FPS))
+    assert paced_wall >= (FPS - 1) / FPS * 0.95  # frames released at their timestamps
+    t0 = time.perf_counter()
+    offline = stream(one_second, predictor=sleep_predictor(0.005), realtime=False)
+    assert [r.index for r in offline] == list(range(FPS))
+    assert offline.summary()["frames_dropped"] == 0
+    assert time.perf_counter() - t0 < paced_wall
+
+
+def test_stop_event_ends_the_stream_and_its_threads(one_second):
+    stop = threading.Event()
+    live = stream(one_second, predictor=sleep_predictor(0.0), realtime=True, stop=stop)
+    seen = []
+    for result in live:
+        seen.append(result.index)
+        if result.index == 5:
+            stop.set()
+    assert seen[:6] == list(range(6)) and len(seen) < FPS
+    assert not live.summary()["complete"]
+    assert _no_pipeline_threads()
+
+
+def test_keyboard_interrupt_in_the_consumer_then_close(one_second):
+    live = stream(one_second, predictor=sleep_predictor(0.0), realtime=True)
+    with pytest.raises(KeyboardInterrupt), live:
+        for result in live:
+            if result.index == 3:
+                raise KeyboardInterrupt
+    assert _no_pipeline_threads()
+    assert live.summary()["frames_emitted"] == 4
+
+
+def test_stream_matches_the_sequential_predictor(make_checkpoint, tmp_path):
+    clip = write_clip(tmp_path / "clip", num_frames=6, width=80, height=64, fps=25, seed=1)
+    checkpoint = make_checkpoint("parts")
+    results = list(surgseg.stream(clip / "video.mp4", checkpoint=checkpoint, realtime=False))
+    reference = Predictor.from_checkpoint(checkpoint)
+    frames = list(read_frames(clip / "video.mp4"))
+    assert [r.index for r in results] == list(range(6))
+    for result, frame in zip(results, frames, strict=True):
+        expected = reference.predict([frame.image])[0]
+        np.testing.assert_array_equal(result.mask, expected.mask)
+        assert result.time_s == pytest.approx(frame.time_s)
+        assert isinstance(result.cues, list) and result.latency_s > 0
+        for inst in result.cues:
+            assert {"id", "tip", "entry", "axis"} <= set(inst)
+
+
+def test_stream_needs_exactly_one_model_source(one_second, make_checkpoint):
+    from surgseg.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        stream(one_second)
+    with pytest.raises(ConfigError, match="drop"):
+        stream(one_second, predictor=sleep_predictor(0), drop="oldest")
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="stream", overrides=overrides)
+
+
+def test_app_writes_cues_masks_and_summary(make_checkpoint, tmp_path, one_second):
+    out = tmp_path / "out" / "cues.jsonl"
+    cfg = _compose([f"input={one_second}", f"checkpoint={make_checkpoint()}", f"output={out}",
+                    "masks=ffv1", "realtime=false"])  # fmt: skip
+    summary = run(cfg)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [rec["index"] for rec in lines] == list(range(FPS))
+    assert all(set(rec) >= {"index", "pts", "time_s", "instruments"} for rec in lines)
+    masks = list(read_masks(out.parent / "masks.mkv"))
+    assert len(masks) == FPS and masks[0][2].shape == (64, 80)
+    saved = json.loads((out.parent / "cues.summary.json").read_text())
+    assert saved["frames_emitted"] == summary["frames_emitted"] == FPS
+    assert saved["latency_ms"]["p99"] >= saved["latency_ms"]["p50"] > 0
+
+
+def test_app_to_stdout(make_checkpoint, one_second, capsys, tmp_path):
+    cfg = _compose([f"input={one_second}", f"checkpoint={make_checkpoint()}", "realtime=false",
+                    f"summary={tmp_path / 's.json'}"])  # fmt: skip
+    run(cfg)
+    captured = capsys.readouterr()
+    assert len([json.loads(line) for line in captured.out.splitlines()]) == FPS
+    assert "latency ms p50" in captured.err
+    assert json.loads((tmp_path / "s.json").read_text())["output"] == "-"
+
+
+def test_ctrl_c_leaves_complete_outputs(make_checkpoint, tmp_path):
+    video = bar_video(tmp_path / "slow.mp4", frames=40, fps=5)  # 8 s of real time
+    out = tmp_path / "out" / "cues.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(CONF_DIR).parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "surgseg.apps.stream", f"input={video}",
+         f"checkpoint={make_checkpoint()}", f"output={out}", "masks=ffv1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_file() and len(out.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 3 <= len(lines) < 40
+    assert [rec["index"] for rec in lines] == list(range(len(lines)))
+    assert len(list(read_masks(out.parent / "masks.mkv"))) == len(lines)
+    assert not json.loads((out.parent / "cues.summary.json").read_text())["complete"]
