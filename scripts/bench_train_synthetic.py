@@ -30,12 +30,11 @@ TARGETS = {"binary": 0.90, "parts": 0.75}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder")
-    parser.add_argument("--train-clips", type=int, default=4)
-    parser.add_argument("--val-clips", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=48, help="frames per clip")
-    parser.add_argument("--frame-size", type=int, nargs=2, default=[256, 320], metavar=("H", "W"))
-    parser.add_argument("--input-size", type=int, nargs=2, default=[128, 160], metavar=("H", "W"))
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--train-clips", type=int, default=48, help="one scene (seed) each")
+    parser.add_argument("--val-clips", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=10, help="frames per clip")
+    parser.add_argument("--frame-size", type=int, nargs=2, default=[512, 640], metavar=("H", "W"))
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--tasks", nargs="+", default=list(TARGETS), choices=list(TARGETS))
@@ -55,7 +54,7 @@ def main() -> None:
         f"({time.perf_counter() - started:.1f}s)"
     )
 
-    report = {"threads": args.threads, "epochs": args.epochs, "input_size": args.input_size}
+    report = {"threads": args.threads, "epochs": args.epochs, "frame_size": args.frame_size}
     for task in args.tasks:
         out = args.out / task
         shutil.rmtree(out, ignore_errors=True)
@@ -65,7 +64,6 @@ def main() -> None:
             f"data.root={clips}",
             f"data.val_videos=[{','.join(val_names)}]",
             f"output_dir={out}",
-            f"input_size=[{args.input_size[0]},{args.input_size[1]}]",
             f"epochs={args.epochs}",
             f"batch_size={args.batch_size}",
             "progress=false",

@@ -74,7 +74,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         # and plain Python values.
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"not a readable checkpoint ({exc.__class__.__name__})", path) from None
+        raise CheckpointError(
+            f"not a readable checkpoint ({exc.__class__.__name__})", path
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError("not a surgseg checkpoint (no 'surgseg-checkpoint' format tag)", path)
     if payload.get("version") != VERSION:
@@ -95,9 +97,7 @@ def load_checkpoint(
     raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
     meta = CheckpointMeta(**raw)
     if task is not None and task != meta.task:
-        raise CheckpointError(
-            f"checkpoint was trained for task {meta.task!r}, not {task!r}", path
-        )
+        raise CheckpointError(f"checkpoint was trained for task {meta.task!r}, not {task!r}", path)
     if meta.task in TASKS and tuple(meta.class_names) != TASKS[meta.task]:
         raise CheckpointError(f"class names do not match task {meta.task!r}", path)
     model = meta.build()
@@ -105,5 +105,7 @@ def load_checkpoint(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0].strip()
-        raise CheckpointError(f"weights do not fit the stored model config: {first}", path) from None
+        raise CheckpointError(
+            f"weights do not fit the stored model config: {first}", path
+        ) from None
     return model.eval(), meta

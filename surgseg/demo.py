@@ -32,8 +32,14 @@ def _cue_errors_for(
     tips: list[float] = []
     axes: list[float] = []
     for index, mask in enumerate(masks):
-        found = find_instruments(mask, task=task, view=view, min_area=cues.min_area,
-                                 border_band=cues.border_band, tip_band=cues.tip_band)
+        found = find_instruments(
+            mask,
+            task=task,
+            view=view,
+            min_area=cues.min_area,
+            border_band=cues.border_band,
+            tip_band=cues.tip_band,
+        )
         gt = [g for g in clip.instruments[index] if g.get("visible", True)]
         pairs = match_to_ground_truth([f.to_dict() for f in found], gt)
         errors = cue_errors(pairs)
@@ -47,8 +53,12 @@ def evaluate_run(run_dir: Path, clip: SyntheticClip, *, task: str, cues: CueOpti
 
     Masks are read back from what inference wrote, so the figures describe the real outputs.
     """
-    predicted = [mask for _, _, mask in read_masks(run_dir / "masks" if (run_dir / "masks").is_dir()
-                                                   else run_dir / "masks.mkv")]
+    predicted = [
+        mask
+        for _, _, mask in read_masks(
+            run_dir / "masks" if (run_dir / "masks").is_dir() else run_dir / "masks.mkv"
+        )
+    ]
     if len(predicted) != len(clip):
         raise ValueError(f"{run_dir}: {len(predicted)} masks for {len(clip)} ground-truth frames")
     names = class_names(task)

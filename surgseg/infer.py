@@ -141,21 +141,32 @@ def process_video(
     _clear_outputs(out_dir)
     with VideoReader(video) as reader:
         info = reader.info
-        sinks_kw = {"width": info.width, "height": info.height, "time_base": info.time_base,
-                    "fps": info.fps or 25.0}
+        sinks_kw = {
+            "width": info.width,
+            "height": info.height,
+            "time_base": info.time_base,
+            "fps": info.fps or 25.0,
+        }
         masks = open_mask_writer(outputs.masks, out_dir, **sinks_kw)
         overlay = (
-            OverlayWriter(out_dir / "overlay.mp4", palette=palette(predictor.meta.num_classes),
-                          **sinks_kw)
+            OverlayWriter(
+                out_dir / "overlay.mp4", palette=palette(predictor.meta.num_classes), **sinks_kw
+            )
             if outputs.overlay
             else None
         )
-        bar = tqdm(total=info.frames_reported, unit="frame", desc=video.name, disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            total=info.frames_reported,
+            unit="frame",
+            desc=video.name,
+            disable=not progress,
+            leave=False,
+        )
         try:
             with CuesWriter(out_dir / "cues.jsonl") as cue_file:
                 pipeline = segmentation_pipeline(
-                    reader, predictor=predictor,
+                    reader,
+                    predictor=predictor,
                     cues=PoseCues(task=predictor.meta.task, **asdict(cues)),
                     write=Write(masks=masks, cues=cue_file, overlay=overlay),
                     batch_size=batch_size,
@@ -191,15 +202,27 @@ def process_video(
         "input": str(video),
         **(record or {}),
         "video": {
-            "container": info.container, "codec": info.codec, "width": info.width,
-            "height": info.height, "rotation": info.rotation, "fps": info.fps,
-            "time_base": str(info.time_base), "frames_reported": info.frames_reported,
+            "container": info.container,
+            "codec": info.codec,
+            "width": info.width,
+            "height": info.height,
+            "rotation": info.rotation,
+            "fps": info.fps,
+            "time_base": str(info.time_base),
+            "frames_reported": info.frames_reported,
             "duration_s": info.duration_s,
         },
-        "frames": {"processed": processed, "decoded": stats.decoded, "corrupt": stats.corrupt,
-                   "first_error": stats.first_error},
-        "outputs": {"masks": "masks.mkv" if outputs.masks == "ffv1" else "masks/",
-                    "cues": "cues.jsonl", "overlay": "overlay.mp4" if outputs.overlay else None},
+        "frames": {
+            "processed": processed,
+            "decoded": stats.decoded,
+            "corrupt": stats.corrupt,
+            "first_error": stats.first_error,
+        },
+        "outputs": {
+            "masks": "masks.mkv" if outputs.masks == "ffv1" else "masks/",
+            "cues": "cues.jsonl",
+            "overlay": "overlay.mp4" if outputs.overlay else None,
+        },
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
         "timing_ms_per_frame": {k: round(1000 * v / processed, 2) for k, v in timing.items()},
         "stages": {name: s.to_dict() for name, s in stages.items()},
@@ -230,8 +253,16 @@ def process_inputs(
     for video, name in zip(videos, output_names(videos), strict=True):
         out_dir = Path(output_dir) / name
         try:
-            process_video(video, predictor=predictor, out_dir=out_dir, outputs=outputs,
-                          cues=cues, batch_size=batch_size, progress=progress, record=record)
+            process_video(
+                video,
+                predictor=predictor,
+                out_dir=out_dir,
+                outputs=outputs,
+                cues=cues,
+                batch_size=batch_size,
+                progress=progress,
+                record=record,
+            )
         except SurgsegError as exc:
             summary.failed.append((video, str(exc)))
             if progress:

@@ -46,7 +46,9 @@ def build_model(
     if depth not in DEPTHS:
         raise ConfigError(f"model.depth must be one of {sorted(DEPTHS)}, got {depth}")
     if output_stride not in _DILATE:
-        raise ConfigError(f"model.output_stride must be one of {sorted(_DILATE)}, got {output_stride}")
+        raise ConfigError(
+            f"model.output_stride must be one of {sorted(_DILATE)}, got {output_stride}"
+        )
     if head not in HEADS:
         raise ConfigError(f"model.head must be one of {HEADS}, got {head!r}")
     if num_classes < 2:
@@ -98,7 +100,9 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"not a PyTorch weights file ({exc.__class__.__name__})", path) from None
+        raise CheckpointError(
+            f"not a PyTorch weights file ({exc.__class__.__name__})", path
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

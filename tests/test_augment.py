@@ -24,7 +24,7 @@ PALETTE[255] = 0
 
 def _ops(name: str) -> list[A.BasicTransform]:
     cfg = OmegaConf.merge(
-        {"input_size": list(SIZE)},
+        {"input_size": list(SIZE), "crop_size": list(SIZE), "crop_scale": [0.25, 1.0]},
         {"augment": OmegaConf.load(Path(CONF_DIR) / f"augment/{name}.yaml")},
     )
     return instantiate_ops(OmegaConf.to_container(cfg, resolve=True)["augment"]["ops"])

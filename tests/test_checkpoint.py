@@ -36,15 +36,15 @@ def test_wrong_task_is_refused(make_checkpoint):
 
 
 def test_files_that_are_not_our_checkpoints(tmp_path):
-    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
     plain = tmp_path / "plain.pt"
     torch.save({"conv.weight": torch.zeros(1)}, plain)
-    with pytest.raises(CheckpointError, match="plain.pt: not a surgseg checkpoint"):
+    with pytest.raises(CheckpointError, match=r"plain\.pt: not a surgseg checkpoint"):
         load_checkpoint(plain)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00" * 100)
-    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable checkpoint"):
         load_checkpoint(junk)
 
 

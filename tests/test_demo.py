@@ -10,16 +10,31 @@ from surgseg.apps.demo import run
 
 def test_tiny_demo_writes_everything(tmp_path):
     overrides = [
-        f"output_dir={tmp_path}", "train_clips=2", "val_clips=1", "frames_per_clip=4",
-        "heldout_frames=5", "input_size=[64,80]", "progress=false",
-        "epochs=1", "batch_size=4",
-        "clips.width=160", "clips.height=128",
+        f"output_dir={tmp_path}",
+        "train_clips=2",
+        "val_clips=1",
+        "frames_per_clip=4",
+        "heldout_frames=5",
+        "input_size=[64,80]",
+        "crop_size=[64,80]",
+        "progress=false",
+        "epochs=1",
+        "batch_size=4",
+        "clips.width=160",
+        "clips.height=128",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("demo", overrides=overrides)
         result = run(cfg)
-    for name in ("model.pt", "report.md", "overlay_frame.png", "train/curves.png",
-                 "heldout/run.json", "heldout/cues.jsonl", "heldout/overlay.mp4"):
+    for name in (
+        "model.pt",
+        "report.md",
+        "overlay_frame.png",
+        "train/curves.png",
+        "heldout/run.json",
+        "heldout/cues.jsonl",
+        "heldout/overlay.mp4",
+    ):
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "heldout" / "masks").glob("*.png"))) == 5
     assert json.loads((tmp_path / "heldout" / "run.json").read_text())["frames"]["processed"] == 5

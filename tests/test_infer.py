@@ -29,8 +29,9 @@ from surgseg.synthetic import write_clip
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    root = write_clip(tmp_path_factory.mktemp("clip") / "case", num_frames=6, width=160,
-                      height=128, seed=3)
+    root = write_clip(
+        tmp_path_factory.mktemp("clip") / "case", num_frames=6, width=160, height=128, seed=3
+    )
     return root / "video.mp4"
 
 
@@ -78,8 +79,12 @@ def test_outputs_of_one_video(clip, make_checkpoint, tmp_path):
 
 
 def test_ffv1_masks_keep_frame_times(clip, make_checkpoint, tmp_path):
-    cfg = _cfg(input=clip, checkpoint=make_checkpoint(), output_dir=tmp_path,
-               **{"outputs.masks": "ffv1", "outputs.overlay": "false"})
+    cfg = _cfg(
+        input=clip,
+        checkpoint=make_checkpoint(),
+        output_dir=tmp_path,
+        **{"outputs.masks": "ffv1", "outputs.overlay": "false"},
+    )
     run(cfg)
     out = tmp_path / "video"
     assert not (out / "overlay.mp4").exists() and not (out / "masks").exists()
@@ -101,8 +106,14 @@ def test_wrong_task_and_bad_values_fail_before_any_output(make_checkpoint, clip,
     with pytest.raises(CheckpointError, match="trained for task 'binary', not 'types'"):
         run(_cfg(input=clip, checkpoint=make_checkpoint(), output_dir=tmp_path / "o", task="types"))
     with pytest.raises(ConfigError, match=r"outputs\.masks"):
-        run(_cfg(input=clip, checkpoint=make_checkpoint(), output_dir=tmp_path / "o",
-                 **{"outputs.masks": "jpeg"}))
+        run(
+            _cfg(
+                input=clip,
+                checkpoint=make_checkpoint(),
+                output_dir=tmp_path / "o",
+                **{"outputs.masks": "jpeg"},
+            )
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -124,9 +135,18 @@ def test_cli_processes_the_good_and_lists_each_bad_input(make_checkpoint, tmp_pa
     inputs = _bad_inputs(tmp_path / "in")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "surgseg.apps.infer", f"input={tmp_path / 'in'}",
-         f"checkpoint={make_checkpoint()}", f"output_dir={out}", "progress=false"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "surgseg.apps.infer",
+            f"input={tmp_path / 'in'}",
+            f"checkpoint={make_checkpoint()}",
+            f"output_dir={out}",
+            "progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -150,9 +170,18 @@ def test_cli_user_errors_are_one_line(problem, make_checkpoint, clip, tmp_path):
     else:
         video = tmp_path / "nope.mp4"
     proc = subprocess.run(
-        [sys.executable, "-m", "surgseg.apps.infer", f"input={video}", f"checkpoint={ckpt}",
-         f"output_dir={tmp_path / 'out'}", "progress=false"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "surgseg.apps.infer",
+            f"input={video}",
+            f"checkpoint={ckpt}",
+            f"output_dir={tmp_path / 'out'}",
+            "progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -5,7 +5,7 @@ from torchvision.models import resnet18, resnet50
 from torchvision.models.segmentation import fcn_resnet101
 
 from surgseg.errors import CheckpointError, ConfigError
-from surgseg.model import build_model, load_backbone_weights, load_fcn_weights
+from surgseg.model import build_model, load_fcn_weights
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
@@ -78,11 +78,17 @@ def test_torchvision_fcn_resnet101_state_dict_loads(tmp_path):
     model = build_model(num_classes=4, depth=101, head="fcn", aux_loss=True)
     skipped = load_fcn_weights(model, path)
     assert set(skipped) == {
-        "classifier.4.weight", "classifier.4.bias",
-        "aux_classifier.4.weight", "aux_classifier.4.bias",
+        "classifier.4.weight",
+        "classifier.4.bias",
+        "aux_classifier.4.weight",
+        "aux_classifier.4.bias",
     }
     own, theirs = model.state_dict(), ref.state_dict()
-    for key in ("backbone.layer4.2.conv3.weight", "classifier.0.weight", "backbone.bn1.running_mean"):
+    for key in (
+        "backbone.layer4.2.conv3.weight",
+        "classifier.0.weight",
+        "backbone.bn1.running_mean",
+    ):
         assert torch.equal(own[key], theirs[key])
     # Same weights, same features: the dilated backbones are the same network.
     x = torch.randn(1, 3, 48, 48)
@@ -97,5 +103,5 @@ def test_fcn_weights_of_wrong_depth_are_refused(tmp_path):
         load_fcn_weights(build_model(num_classes=2, depth=18), path)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a tensor file")
-    with pytest.raises(CheckpointError, match="garbage.pth: not a PyTorch weights file"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pth: not a PyTorch weights file"):
         load_fcn_weights(build_model(num_classes=2, depth=18), garbage)

@@ -37,8 +37,9 @@ def make_clips(cfg: DictConfig, data: Path) -> tuple[Path, Path]:
     gen.pop("seed")
     clips = data / "clips"
     jobs = [(clips / f"train_{i:02d}", i + 1, cfg.frames_per_clip) for i in range(cfg.train_clips)]
-    jobs += [(clips / name, VAL_SEED + i, cfg.frames_per_clip)
-             for i, name in enumerate(_val_names(cfg))]
+    jobs += [
+        (clips / name, VAL_SEED + i, cfg.frames_per_clip) for i, name in enumerate(_val_names(cfg))
+    ]
     jobs += [(data / "heldout", HELDOUT_SEED, cfg.heldout_frames)]
     for folder, seed, frames in jobs:
         if not (folder / "clip.json").exists():
@@ -54,14 +55,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     _say(f"[2/4] training {cfg.model} ({cfg.task}) on {cfg.train_clips} clips")
     size = f"[{cfg.input_size[0]},{cfg.input_size[1]}]"
-    train_cfg = compose("train", overrides=[
-        "+experiment=synthetic_resnet18", f"model={cfg.model}", f"task={cfg.task}",
-        f"data.root={clips}", f"data.val_videos=[{','.join(_val_names(cfg))}]",
-        f"output_dir={out / 'train'}",
-        f"input_size={size}", f"device={cfg.device}", f"seed={cfg.seed}",
-        f"progress={cfg.progress}", f"epochs={cfg.epochs}", f"batch_size={cfg.batch_size}",
-        f"max_steps={'null' if cfg.max_steps is None else cfg.max_steps}",
-    ])
+    crop = f"[{cfg.crop_size[0]},{cfg.crop_size[1]}]"
+    train_cfg = compose(
+        "train",
+        overrides=[
+            "+experiment=synthetic_resnet18",
+            f"model={cfg.model}",
+            f"task={cfg.task}",
+            f"data.root={clips}",
+            f"data.val_videos=[{','.join(_val_names(cfg))}]",
+            f"output_dir={out / 'train'}",
+            f"input_size={size}",
+            f"crop_size={crop}",
+            f"device={cfg.device}",
+            f"seed={cfg.seed}",
+            f"progress={cfg.progress}",
+            f"epochs={cfg.epochs}",
+            f"batch_size={cfg.batch_size}",
+            f"max_steps={'null' if cfg.max_steps is None else cfg.max_steps}",
+        ],
+    )
     started = time.perf_counter()
     trained = train_app.run(train_cfg)
     train_time = time.perf_counter() - started
@@ -69,15 +82,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     shutil.copyfile(out / "train" / "best.pt", checkpoint)
 
     _say("[3/4] processing the held-out clip")
-    infer_cfg = compose("infer", overrides=[
-        f"input={heldout / 'video.mp4'}", f"checkpoint={checkpoint}", f"output_dir={out}",
-        f"device={cfg.device}", f"progress={cfg.progress}", f"outputs.masks={cfg.masks}",
-    ])
+    infer_cfg = compose(
+        "infer",
+        overrides=[
+            f"input={heldout / 'video.mp4'}",
+            f"checkpoint={checkpoint}",
+            f"output_dir={out}",
+            f"device={cfg.device}",
+            f"progress={cfg.progress}",
+            f"outputs.masks={cfg.masks}",
+        ],
+    )
     cues = dataclass_from(CueOptions, infer_cfg.cues, "cues")
     outputs = dataclass_from(OutputOptions, infer_cfg.outputs, "outputs")
     run_record = process_video(
-        heldout / "video.mp4", predictor=infer_app.build_predictor(infer_cfg),
-        out_dir=out / "heldout", outputs=outputs, cues=cues, batch_size=infer_cfg.batch_size,
+        heldout / "video.mp4",
+        predictor=infer_app.build_predictor(infer_cfg),
+        out_dir=out / "heldout",
+        outputs=outputs,
+        cues=cues,
+        batch_size=infer_cfg.batch_size,
         progress=cfg.progress,
         record={"checkpoint": str(checkpoint), "config": OmegaConf.to_container(infer_cfg)},
     )
@@ -87,16 +111,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate_run(out / "heldout", clip, task=cfg.task, cues=cues)
     pictures = [("training curves", "train/curves.png")]
     if outputs.overlay:
-        save_overlay_still(out / "heldout" / "overlay.mp4", out / "overlay_frame.png",
-                           index=len(clip) // 2)
+        save_overlay_still(
+            out / "heldout" / "overlay.mp4", out / "overlay_frame.png", index=len(clip) // 2
+        )
         pictures.insert(0, ("held-out frame with masks, axes and tips", "overlay_frame.png"))
-    write_report(out / "report.md", result, context={
-        "model": f"dilated {cfg.model}, output stride {train_cfg.model.output_stride}",
-        "train_time_s": train_time, "device": cfg.device,
-        "frame_size": f"{clip.meta['width']}×{clip.meta['height']}",
-        "infer_fps": run_record["fps"], "pictures": pictures,
-        "train_steps": trained["steps"],
-    })
+    write_report(
+        out / "report.md",
+        result,
+        context={
+            "model": f"dilated {cfg.model}, output stride {train_cfg.model.output_stride}",
+            "train_time_s": train_time,
+            "device": cfg.device,
+            "frame_size": f"{clip.meta['width']}×{clip.meta['height']}",
+            "infer_fps": run_record["fps"],
+            "pictures": pictures,
+            "train_steps": trained["steps"],
+        },
+    )
     _say(f"report: {out / 'report.md'}")
     return result
 
@@ -106,8 +137,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
     binary, model_cues = result["binary"], result["cues_from_model"]
-    print(f"surgseg-demo: binary IoU {binary['iou'][1]:.3f}, tip error median "
-          f"{model_cues['tip_px_median']} px, axis error median {model_cues['axis_deg_median']}°")
+    print(
+        f"surgseg-demo: binary IoU {binary['iou'][1]:.3f}, tip error median "
+        f"{model_cues['tip_px_median']} px, axis error median {model_cues['axis_deg_median']}°"
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ def build_predictor(cfg: DictConfig) -> Predictor:
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
     size = tuple(cfg.input_size) if cfg.input_size else None
     return Predictor.from_checkpoint(
-        cfg.checkpoint, engine=engine.pop("name"), device=cfg.device, task=cfg.task,
-        input_size=size, **engine,
+        cfg.checkpoint,
+        engine=engine.pop("name"),
+        device=cfg.device,
+        task=cfg.task,
+        input_size=size,
+        **engine,
     )
 
 
@@ -36,8 +40,14 @@ def run(cfg: DictConfig) -> InferSummary:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     return process_inputs(
-        cfg.input, predictor=predictor, output_dir=Path(cfg.output_dir), outputs=outputs,
-        cues=cues, batch_size=cfg.batch_size, progress=cfg.progress, record=record,
+        cfg.input,
+        predictor=predictor,
+        output_dir=Path(cfg.output_dir),
+        outputs=outputs,
+        cues=cues,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
+        record=record,
     )
 
 
