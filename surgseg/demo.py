@@ -81,7 +81,8 @@ def evaluate_run(run_dir: Path, clip: SyntheticClip, *, task: str, cues: CueOpti
     }
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
+def format_number(value: float | None, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or "n/a" for None or NaN."""
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
@@ -100,16 +101,18 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| binary IoU (tool) | {_fmt(binary['iou'][1], 3)} |",
-        f"| binary Dice (tool) | {_fmt(binary['dice'][1], 3)} |",
-        f"| sensitivity | {_fmt(binary['sensitivity'], 3)} |",
-        f"| specificity | {_fmt(binary['specificity'], 3)} |",
+        f"| binary IoU (tool) | {format_number(binary['iou'][1], 3)} |",
+        f"| binary Dice (tool) | {format_number(binary['dice'][1], 3)} |",
+        f"| sensitivity | {format_number(binary['sensitivity'], 3)} |",
+        f"| specificity | {format_number(binary['specificity'], 3)} |",
     ]
     if result["task"] != "binary":
         tm = result["task_metrics"]
-        lines.append(f"| {result['task']} mIoU (foreground classes) | {_fmt(tm['miou'], 3)} |")
+        lines.append(
+            f"| {result['task']} mIoU (foreground classes) | {format_number(tm['miou'], 3)} |"
+        )
         for name, iou in zip(result["class_names"][1:], tm["iou"][1:], strict=True):
-            lines.append(f"| IoU {name} | {_fmt(iou, 3)} |")
+            lines.append(f"| IoU {name} | {format_number(iou, 3)} |")
     lines += [
         "",
         "## Pose cues (matched to ground-truth instruments by tip distance)",
@@ -122,8 +125,9 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
     for label, key in sources:
         e = result[key]
         lines.append(
-            f"| {label} | {e['count']} | {_fmt(e['tip_px_median'])} | {_fmt(e['tip_px_p90'])} "
-            f"| {_fmt(e['axis_deg_median'])} | {_fmt(e['axis_deg_p90'])} |"
+            f"| {label} | {e['count']} | {format_number(e['tip_px_median'])} "
+            f"| {format_number(e['tip_px_p90'])} | {format_number(e['axis_deg_median'])} "
+            f"| {format_number(e['axis_deg_p90'])} |"
         )
     lines += ["", "## Pictures", ""]
     for title, name in context.get("pictures", []):
@@ -132,7 +136,7 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
     lines += [
         "## Timing",
         "",
-        f"Inference: {_fmt(context.get('infer_fps'), 1)} frames/s end to end "
+        f"Inference: {format_number(context.get('infer_fps'), 1)} frames/s end to end "
         f"on {context['device']}.",
         "",
     ]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
 from surgseg.apps import infer as infer_app
 from surgseg.apps import train as train_app
-from surgseg.demo import evaluate_run, save_overlay_still, write_report
+from surgseg.demo import evaluate_run, format_number, save_overlay_still, write_report
 from surgseg.infer import CueOptions, OutputOptions, process_video
 from surgseg.synthetic import load_clip, write_clip
 
@@ -136,10 +136,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @cli_errors("surgseg-demo")
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
-    binary, model_cues = result["binary"], result["cues_from_model"]
+    binary, cues = result["binary"], result["cues_from_model"]
     print(
-        f"surgseg-demo: binary IoU {binary['iou'][1]:.3f}, tip error median "
-        f"{model_cues['tip_px_median']} px, axis error median {model_cues['axis_deg_median']}°"
+        f"surgseg-demo: binary IoU {binary['iou'][1]:.3f}; from the model's masks: "
+        f"tip error median {format_number(cues['tip_px_median'])} px, "
+        f"axis error median {format_number(cues['axis_deg_median'])}°"
     )
 
 
