@@ -217,7 +217,7 @@ def test_experiment_configs_compose(experiment):
     assert cfg.task in ("binary", "parts", "types")
     assert cfg.model.output_stride == 8
     assert len(cfg.input_size) == 2
-    assert cfg.augment.train.ops[0].size == cfg.input_size
+    assert cfg.augment.train.ops[0].size == cfg.crop_size
     optimizer = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
     if experiment.startswith("pakhomov2017"):
