@@ -197,6 +197,30 @@ def video_names(videos: Sequence[str | int] | None, prefix: str) -> list[str] | 
     return [f"{prefix}{v}" if isinstance(v, int) else str(v) for v in videos]
 
 
+class InMemorySet(SegmentationSet):
+    """A layout decoded into memory at construction: ``images``, ``masks`` and ``items``
+    ((video, frame index) per item) filled by the subclass."""
+
+    frame_digits: ClassVar[int] = 4  # frame names are f"frame{index:0{frame_digits}d}.png"
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.items: list[tuple[str, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[i], self.masks[i]
+
+    def video_of(self, i: int) -> str:
+        return self.items[i][0]
+
+    def name_of(self, i: int) -> str:
+        return f"frame{self.items[i][1]:0{self.frame_digits}d}.png"
+
+
 def natural_sorted(names: Iterable[str]) -> list[str]:
     """Sort names so that ``x2`` comes before ``x10``."""
     return sorted(

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from surgseg.datasets import SegmentationSet, video_names
+from surgseg.datasets import InMemorySet, video_names
 from surgseg.decode import read_frames
 from surgseg.errors import DatasetError
 from surgseg.tasks import CLASPER, SHAFT, TASKS
@@ -54,7 +54,7 @@ def _levels(path: Path, step: int) -> list[np.ndarray]:
     ]
 
 
-class EndoVis2015(SegmentationSet):
+class EndoVis2015(InMemorySet):
     """The EndoVis 2015 robotic videos, decoded into memory.
 
     Args:
@@ -87,9 +87,7 @@ class EndoVis2015(SegmentationSet):
         names = video_names(videos, self.video_prefix)
         if names is None:
             names = self.find_videos(self.root)
-        self.images: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
-        self.items: list[tuple[str, int]] = []  # (video, frame index)
+        super().__init__()
         for video in names:
             folder = self.root / video
             if not folder.is_dir():
@@ -113,15 +111,3 @@ class EndoVis2015(SegmentationSet):
             self.images += [image for _, image in frames]
             self.masks += [lut[m] for m in levels]
             self.items += [(video, index) for index, _ in frames]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.images[i], self.masks[i]
-
-    def video_of(self, i: int) -> str:
-        return self.items[i][0]
-
-    def name_of(self, i: int) -> str:
-        return f"frame{self.items[i][1]:04d}.png"

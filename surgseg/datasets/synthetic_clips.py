@@ -9,16 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from surgseg.datasets import SegmentationSet, natural_sorted, video_names
+from surgseg.datasets import InMemorySet, natural_sorted, video_names
 from surgseg.decode import read_frames
 from surgseg.errors import DatasetError
 from surgseg.synthetic import load_clip
 from surgseg.tasks import TASKS
 
 
-class SyntheticClips(SegmentationSet):
+class SyntheticClips(InMemorySet):
     """Frames and masks of synthetic clips.
 
     Args:
@@ -26,6 +24,8 @@ class SyntheticClips(SegmentationSet):
         task: ``binary``, ``parts`` or ``types``.
         videos: clip folder names to use; default all.
     """
+
+    frame_digits = 5
 
     @classmethod
     def find_videos(cls, root: Path) -> list[str]:
@@ -52,9 +52,7 @@ class SyntheticClips(SegmentationSet):
             raise DatasetError(f"no clip folders {missing} (folders with a clip.json)", self.root)
         single = (self.root / "clip.json").is_file()
         folders = [self.root if single else self.root / n for n in names]
-        self.images: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
-        self.items: list[tuple[str, int]] = []  # (clip folder name, frame index)
+        super().__init__()
         for folder in folders:
             clip = load_clip(folder)
             images = [f.image for f in read_frames(clip.video)]
@@ -65,15 +63,3 @@ class SyntheticClips(SegmentationSet):
             self.images += images
             self.masks += [clip.mask(task, i) for i in range(len(clip))]
             self.items += [(folder.name, i) for i in range(len(clip))]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.images[i], self.masks[i]
-
-    def video_of(self, i: int) -> str:
-        return self.items[i][0]
-
-    def name_of(self, i: int) -> str:
-        return f"frame{self.items[i][1]:05d}.png"
