@@ -50,12 +50,15 @@ class Stage:
     """``fn`` applied to every item in its own thread; results go to a queue of ``queue_size``.
 
     ``drop`` says what happens to a result when that queue is full (see ``DROP_POLICIES``).
+    ``stale``, if given, is asked about each input item as the stage takes it: an item for
+    which it returns True is dropped unprocessed (counted in the stage's ``dropped``).
     """
 
     name: str
     fn: Callable[[Any], Any]
     queue_size: int = 2
     drop: str = "block"
+    stale: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.drop not in DROP_POLICIES:
@@ -244,6 +247,9 @@ class Pipeline:
     def _run_stage(self, stage: Stage, inbox: queue.Queue, out: queue.Queue) -> None:
         try:
             while (item := self._get(inbox)) is not _END:
+                if stage.stale is not None and stage.stale(item):
+                    self.stats[stage.name].dropped += 1
+                    continue
                 t0 = time.perf_counter()
                 result = stage.fn(item)
                 self._record(stage.name, time.perf_counter() - t0, result)

@@ -5,7 +5,9 @@ first frame) and the source never waits for the model. When the model falls behi
 waiting slot between the source and the model is managed by a drop policy:
 
 * ``keep_latest``: a new frame replaces the waiting one (the older frame is dropped), so the
-  model always works on the newest frame: the lowest latency.
+  model always works on the newest frame: the lowest latency. A frame that has already
+  waited more than ``max_age`` frame intervals when the model frees up is dropped too, and the
+  model takes the next frame: latency stays within ``max_age`` intervals + the model's time.
 * ``drop_new``: a new frame is dropped while one is waiting, so the model works on the frame
   that has waited longest: regular sampling, higher latency.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,15 @@ def paced(
         yield Batch([frame])
 
 
+def _older_than(seconds: float) -> Callable[[Batch], bool]:
+    """True for a batch released more than ``seconds`` ago."""
+
+    def stale(batch: Batch) -> bool:
+        return time.perf_counter() - batch.released > seconds
+
+    return stale
+
+
 def percentiles_ms(values_s: Iterable[float]) -> dict[str, float | None]:
     """p50/p95/p99/max/mean of latencies given in seconds, in milliseconds."""
     values = np.asarray(values_s, dtype=np.float64) * 1000
@@ -95,6 +106,7 @@ class LiveStream:
         realtime: bool = True,
         drop: str = "keep_latest",
         queue_size: int = 1,
+        max_age: float | None = 0.5,
         cues: CueOptions | None = None,
         stop: threading.Event | None = None,
     ):
@@ -105,6 +117,7 @@ class LiveStream:
         self.realtime = realtime
         self.drop = drop
         self.queue_size = queue_size
+        self.max_age = max_age
         self.cues = cues or CueOptions()
         self.stop = stop or threading.Event()
         self.info: VideoInfo | None = None
@@ -127,11 +140,14 @@ class LiveStream:
         cues = PoseCues(task=predictor.meta.task, **asdict(self.cues))
         with VideoReader(self.video) as reader:
             self.info = reader.info
+            stale = None
+            if self.realtime and self.drop == "keep_latest" and self.max_age is not None:
+                stale = _older_than(self.max_age / (self.info.fps or 25.0))
             # Upload and model share one stage: a second queue before the model would hold
             # frames the drop policy cannot reach.
             self._pipeline = Pipeline(
                 paced(reader, realtime=self.realtime, stop=self.stop),
-                [Stage("inference", lambda b: run_model(to_device(b)), queue_size=1),
+                [Stage("inference", lambda b: run_model(to_device(b)), queue_size=1, stale=stale),
                  Stage("cues", cues, queue_size=1)],
                 source_name="decode",
                 queue_size=self.queue_size,
@@ -166,7 +182,7 @@ class LiveStream:
     def summary(self) -> dict[str, Any]:
         """Frames released, emitted and dropped; latency percentiles (ms); stage figures."""
         stats = self._pipeline.stats if self._pipeline is not None else {}
-        source = stats.get("decode")
+        source, model = stats.get("decode"), stats.get("inference")
         wall = self._wall or (time.perf_counter() - self._started if self._started else 0.0)
         fps = self.info.fps if self.info is not None else None
         return {
@@ -175,7 +191,7 @@ class LiveStream:
             "drop": self.drop if self.realtime else None,
             "frames_released": source.frames if source else 0,
             "frames_emitted": len(self.latencies),
-            "frames_dropped": source.dropped if source else 0,
+            "frames_dropped": sum(s.dropped for s in (source, model) if s is not None),
             "video_fps": fps,
             "frame_interval_ms": round(1000 / fps, 3) if fps else None,
             "emitted_fps": round(len(self.latencies) / wall, 2) if wall > 0 else None,
@@ -198,6 +214,7 @@ def stream(
     realtime: bool = True,
     drop: str = "keep_latest",
     queue_size: int = 1,
+    max_age: float | None = 0.5,
     cues: CueOptions | None = None,
     stop: threading.Event | None = None,
     **engine_options: Any,
@@ -211,6 +228,8 @@ def stream(
             the model falls behind; False: as fast as possible, nothing dropped.
         drop: ``keep_latest`` or ``drop_new`` (see the module docstring).
         queue_size: frames that may wait for the model.
+        max_age: with ``keep_latest``, drop a frame that waited longer than this many frame
+            intervals for the model (None: never).
         cues: pose-cue and tracking parameters.
         stop: set it to end the stream.
 
@@ -223,4 +242,4 @@ def stream(
                                               task=task, input_size=input_size,
                                               **engine_options)  # fmt: skip
     return LiveStream(video, predictor, realtime=realtime, drop=drop, queue_size=queue_size,
-                      cues=cues, stop=stop)  # fmt: skip
+                      max_age=max_age, cues=cues, stop=stop)  # fmt: skip

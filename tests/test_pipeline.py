@@ -73,6 +73,20 @@ def test_drop_policies_never_block_the_source(drop):
         assert out[-1] == 49
 
 
+def test_stale_items_are_dropped_unprocessed():
+    seen = []
+
+    def record(item):
+        seen.append(item)
+        return item
+
+    pipe = Pipeline(range(20), [Stage("a", record, stale=lambda i: i % 3 == 0)])
+    out = list(pipe)
+    assert out == seen == [i for i in range(20) if i % 3]
+    assert pipe.stats["a"].dropped == 7 and pipe.stats["a"].items == 13
+    assert _no_stage_threads()
+
+
 @pytest.mark.parametrize("where", ["source", "a", "b"])
 def test_an_exception_in_any_stage_reaches_the_caller_and_stops_all(where):
     def maybe_fail(name):

@@ -99,7 +99,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output, summary_path, masks_dir = _paths(cfg)
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
     live = stream(cfg.input, predictor=build_predictor(cfg), realtime=cfg.realtime,
-                  drop=cfg.drop, queue_size=cfg.queue_size, cues=cues)  # fmt: skip
+                  drop=cfg.drop, queue_size=cfg.queue_size, max_age=cfg.max_age,
+                  cues=cues)  # fmt: skip
     cues_file = CuesWriter(output) if output is not None else None
     try:
         with _ctrl_c_stops(live.stop):
