@@ -22,6 +22,15 @@ def _clear_hydra():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch intra-op thread, then restore the count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def make_checkpoint(tmp_path: Path) -> Callable[..., Path]:
     """Factory: a ResNet-18 checkpoint with seeded random weights for ``task``."""
 

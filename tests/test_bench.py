@@ -20,15 +20,10 @@ from surgseg.bench import STAGES, bench, collect, model_flops, random_predictor,
 from surgseg.predictor import Predictor
 from surgseg.synthetic import write_clip
 
+# Tiny tensors: intra-op threads only add waits on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FRAMES = 10
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

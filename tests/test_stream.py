@@ -29,6 +29,9 @@ from surgseg.stream import stream
 from surgseg.synthetic import write_clip
 from surgseg.tasks import class_names
 
+# Tiny tensors: intra-op threads only add waits on a shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FPS = 30
 
 
@@ -64,15 +67,6 @@ def bar_video(path: Path, *, frames: int, fps: float = FPS, size=(80, 64)) -> Pa
             image[10:50, x : x + 12] = 220
             writer.write(image)
     return path
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
