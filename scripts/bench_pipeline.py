@@ -146,13 +146,7 @@ def rss_over_long_video(out: Path, *, frames: int = 10_000) -> dict:
     process = psutil.Process()
     t0 = time.perf_counter()
     with VideoReader(video) as reader:
-        info = reader.info
-        kw = {
-            "width": info.width,
-            "height": info.height,
-            "time_base": info.time_base,
-            "fps": info.fps,
-        }
+        kw = reader.info.writer_format()
         with (
             open_mask_writer("ffv1", folder, **kw) as masks,
             CuesWriter(folder / "cues.jsonl") as cues,

@@ -266,8 +266,7 @@ def bench(
     # pose cues alone on the predicted masks; writing alone
     pose = PoseCues(task=predictor.meta.task, **asdict(cues))
     cue_stage = _alone("cues", pose, batches, monitor, sync)
-    sinks_kw = {"width": info.width, "height": info.height, "time_base": info.time_base,
-                "fps": info.fps or 25.0}  # fmt: skip
+    sinks_kw = info.writer_format()
 
     def open_writers(folder: Path) -> Write:
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import av
 import numpy as np
@@ -52,6 +53,12 @@ class VideoInfo:
     time_base: Fraction
     frames_reported: int | None
     duration_s: float | None
+
+    def writer_format(self) -> dict[str, Any]:
+        """The frame geometry and timing the output writers take (``surgseg.sinks``):
+        ``width``, ``height``, ``time_base`` and ``fps`` (25 when the video gives none)."""
+        return {"width": self.width, "height": self.height, "time_base": self.time_base,
+                "fps": self.fps or 25.0}  # fmt: skip
 
 
 @dataclass

@@ -141,12 +141,7 @@ def process_video(
     _clear_outputs(out_dir)
     with VideoReader(video) as reader:
         info = reader.info
-        sinks_kw = {
-            "width": info.width,
-            "height": info.height,
-            "time_base": info.time_base,
-            "fps": info.fps or 25.0,
-        }
+        sinks_kw = info.writer_format()
         masks = open_mask_writer(outputs.masks, out_dir, **sinks_kw)
         overlay = (
             OverlayWriter(

@@ -15,14 +15,8 @@ from surgseg.predictor import Predictor
 from surgseg.train import train
 from tests._train_utils import SIZE, rectangles, train_kwargs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the CPU is shared, and two threads contend badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread: the CPU is shared, and two threads contend badly.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -74,10 +74,7 @@ def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
                 cues_file.write(record)
             if masks_fmt is not None:
                 if masks is None:
-                    info = live.info
-                    masks = open_mask_writer(masks_fmt, masks_dir, width=info.width,
-                                             height=info.height, time_base=info.time_base,
-                                             fps=info.fps or 25.0)  # fmt: skip
+                    masks = open_mask_writer(masks_fmt, masks_dir, **live.info.writer_format())
                 # masks.mkv holds the emitted frames in order, each at its frame's pts
                 masks.write(result.index if masks_fmt == "png" else n, result.pts, result.mask)
     except KeyboardInterrupt:
