@@ -8,6 +8,8 @@ events on the GPU, time.perf_counter on the CPU), frames/s, peak device memory, 
 (torch.utils.flop_counter), the share of the compute floor reached (against a matmul measured in
 the same run: bf16 on the GPU, fp32 on the CPU) and the share of mask pixels that agree with
 torch FP32. Weights are random with a sharpened classifier unless --checkpoint is given.
+On a GPU the reference is computed with TF32 off (true FP32); torch's own "fp32" variant runs
+with PyTorch's defaults, where cuDNN convolutions use TF32, and is labelled so.
 Writes results.json and results.md into --out.
 """
 
@@ -17,6 +19,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +61,17 @@ def make_model(depth: int, checkpoint: str | None) -> tuple[torch.nn.Module, Che
     with torch.no_grad():
         model.classifier[-1].weight.mul_(20)
     return model, meta
+
+
+@contextmanager
+def true_fp32() -> Iterator[None]:
+    """TF32 off for convolutions and matmuls inside the block (the parity reference)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def time_ms(fn, x: torch.Tensor, *, warmup: int, runs: int, best: bool = False) -> float:
@@ -112,9 +127,12 @@ def engine_options(name: str, options: dict, args, depth: int, hw: tuple, batch:
     return options
 
 
-def describe(name: str, options: dict) -> str:
+def describe(name: str, options: dict, device: torch.device) -> str:
     """e.g. "torch fp16 channels_last cuda_graphs", "onnxruntime cuda"."""
-    words = [name, options.get("precision", "fp32")]
+    precision = options.get("precision", "fp32")
+    if name == "torch" and precision == "fp32" and device.type == "cuda":
+        precision = "fp32 (TF32 convs)" if torch.backends.cudnn.allow_tf32 else "fp32"
+    words = [name, precision]
     words += [k for k in ("channels_last", "cuda_graphs") if options.get(k)]
     return " ".join(words + list(options.get("providers", [])))
 
@@ -157,12 +175,13 @@ def bench(args: argparse.Namespace) -> list[dict]:
             calib = synthetic_frames(meta, [hw] * 4, batch=4, seed=2)
             for batch in args.batches:
                 x = frames[:batch].to(device)
-                ref = create_engine("torch", model=model, meta=meta, device=device).infer(x)
+                with true_fp32():
+                    ref = create_engine("torch", model=model, meta=meta, device=device).infer(x)
                 ref_mask = ref.argmax(1)
                 model.cpu()  # engines take their own copy to the device: clean memory figures
                 for name, options in variants:
                     options = engine_options(name, options, args, depth, hw, batch, calib)
-                    label = describe(name, options)
+                    label = describe(name, options, device)
                     try:
                         row = measure(name, options, model, meta, x, ref_mask, args)
                     except SurgsegError as exc:
