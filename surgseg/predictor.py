@@ -8,7 +8,7 @@ only uint8 frames go in and only the uint8 mask and confidence come back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from surgseg.checkpoint import CheckpointMeta, load_checkpoint
 from surgseg.engines import Engine, create_engine
+from surgseg.preprocess import Preprocess, check_input_size
 
 
 @dataclass
@@ -47,9 +48,8 @@ class Predictor:
         self.engine = engine
         self.meta = meta
         self.device = engine.device
-        self.input_size = tuple(input_size or meta.input_size)
-        self._mean = torch.tensor(meta.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.geometry = Preprocess(tuple(input_size or meta.input_size), meta.mean, meta.std)
+        self.input_size = self.geometry.input_size
 
     @classmethod
     def from_checkpoint(
@@ -62,8 +62,11 @@ class Predictor:
         input_size: tuple[int, int] | None = None,
         **engine_options: Any,
     ) -> Predictor:
-        """Load ``path`` and wrap it in the engine called ``engine``."""
+        """Load ``path`` and wrap it in the engine called ``engine``. An ``input_size`` other
+        than the checkpoint's reaches the engine too (TensorRT profile, INT8 calibration)."""
         model, meta = load_checkpoint(path, task=task)
+        if input_size is not None:
+            meta = replace(meta, input_size=check_input_size(input_size))
         eng = create_engine(engine, model=model, meta=meta, device=device, **engine_options)
         return cls(eng, meta, input_size=input_size)
 
@@ -78,10 +81,7 @@ class Predictor:
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC frames → normalized float32 NCHW at the input size."""
-        x = frames.permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        return (x - self._mean) / self._std
+        return self.geometry(frames)
 
     @torch.inference_mode()
     def predict_torch(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
