@@ -1,0 +1,199 @@
+"""Per-frame cost of the CPU stages around the model at 1920×1080, on one core.
+
+    PYTHONPATH=. python scripts/bench_frame_costs.py --out bench/frame_costs
+
+Inputs are made here: a synthetic surgery at 1920×1080 with 3 instruments (its ground-truth
+parts masks stand in for the model's), encoded once as H.264 for the decode figures.
+Every stage runs with one OpenCV and one torch thread; the figures are the median over the
+frames of the wall time (ms) and of the process CPU time (core-ms) per frame:
+
+* cues: instruments of a parts mask (``find_instruments`` with the view estimated once per
+  video), the tracker, and the ``cues.jsonl`` line (``json.dumps``);
+* png: one PNG mask file (``PngMaskWriter``);
+* ffv1: one frame of the FFV1 mask video (``Ffv1MaskWriter``; closing amortized);
+* overlay: one overlay frame drawn and encoded (``OverlayWriter`` at its defaults; closing
+  amortized);
+* decode: ``VideoReader`` against plain PyAV and ``ffmpeg -pix_fmt rgb24 -f null -`` on the
+  same file, alternating, median of ``--repeats`` runs each (threads: each decoder's default).
+
+Writes ``<out>/frame_costs.json`` and prints a table. On a shared machine, check the load
+first (``uptime``): every figure here is a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from surgseg.cues import Tracker, estimate_view, find_instruments
+from surgseg.decode import VideoReader
+from surgseg.encode import VideoWriter
+from surgseg.sinks import Ffv1MaskWriter, OverlayWriter, PngMaskWriter
+from surgseg.synthetic import SyntheticSurgery
+from surgseg.tasks import palette
+
+WIDTH, HEIGHT, FPS = 1920, 1080, 30
+
+
+def per_frame(fn: Callable[[int], Any], n: int) -> dict[str, float]:
+    """Median wall ms and core-ms of ``fn(i)`` for i in 0..n-1."""
+    wall, cpu = [], []
+    for i in range(n):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn(i)
+        cpu.append(1e3 * (time.process_time() - c0))
+        wall.append(1e3 * (time.perf_counter() - w0))
+    return {"ms": statistics.median(wall), "core_ms": statistics.median(cpu),
+            "ms_p90": float(np.percentile(wall, 90))}  # fmt: skip
+
+
+def with_close(result: dict[str, float], close_ms: float, n: int) -> dict[str, float]:
+    """Add a writer's closing time, spread over its ``n`` frames."""
+    return {**result, "ms": result["ms"] + close_ms / n, "close_ms": close_ms}
+
+
+def make_inputs(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    surgery = SyntheticSurgery(width=WIDTH, height=HEIGHT, fps=FPS, seed=seed, num_instruments=3)
+    frames = [surgery.render(i) for i in range(n)]
+    return [f.image for f in frames], [f.parts for f in frames]
+
+
+def bench_cues(images: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
+    view = estimate_view(images[0])
+    tracker = Tracker()
+    confidence = np.full(masks[0].shape, 0.9, np.float32)
+    counts = []
+
+    def run(i: int) -> None:
+        found = find_instruments(masks[i], task="parts", confidence=confidence, view=view)
+        counts.append(len(found))
+        line = {"index": i, "instruments": [x.to_dict() for x in tracker.update(found)]}
+        json.dumps(line)
+
+    result = per_frame(run, len(masks))
+    return {**result, "instruments_per_frame": statistics.mean(counts)}
+
+
+def bench_png(masks: list[np.ndarray], scratch: Path) -> dict[str, float]:
+    writer = PngMaskWriter(scratch / "png")
+    result = per_frame(lambda i: writer.write(i, i, masks[i]), len(masks))
+    size = sum(p.stat().st_size for p in (scratch / "png" / "masks").glob("*.png"))
+    return {**result, "kb_per_frame": size / len(masks) / 1e3}
+
+
+def bench_ffv1(masks: list[np.ndarray], scratch: Path) -> dict[str, float]:
+    from fractions import Fraction
+
+    path = scratch / "masks.mkv"
+    writer = Ffv1MaskWriter(path, width=WIDTH, height=HEIGHT, time_base=Fraction(1, FPS),
+                            fps=FPS)  # fmt: skip
+    result = per_frame(lambda i: writer.write(i, i, masks[i]), len(masks))
+    t0 = time.perf_counter()
+    writer.close()
+    result = with_close(result, 1e3 * (time.perf_counter() - t0), len(masks))
+    return {**result, "kb_per_frame": path.stat().st_size / len(masks) / 1e3}
+
+
+def bench_overlay(images: list[np.ndarray], masks: list[np.ndarray],
+                  scratch: Path) -> dict[str, float]:  # fmt: skip
+    from fractions import Fraction
+
+    view = estimate_view(images[0])
+    found = [[x.to_dict() for x in find_instruments(m, task="parts", view=view)] for m in masks]
+    writer = OverlayWriter(scratch / "overlay.mp4", width=WIDTH, height=HEIGHT,
+                           time_base=Fraction(1, FPS), fps=FPS, palette=palette(4))  # fmt: skip
+    result = per_frame(lambda i: writer.write(images[i], masks[i], found[i], i), len(masks))
+    t0 = time.perf_counter()
+    writer.close()
+    return with_close(result, 1e3 * (time.perf_counter() - t0), len(masks))
+
+
+def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
+    """VideoReader, plain PyAV and ffmpeg on ``path``, alternating; median fps of each."""
+
+    def reader() -> int:
+        with VideoReader(path) as r:
+            return sum(1 for _ in r)
+
+    def plain() -> int:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            return sum(1 for f in c.decode(stream) if f.to_ndarray(format="rgb24") is not None)
+
+    def ffmpeg() -> int:
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-pix_fmt", "rgb24", "-f",
+                        "null", "-"], check=True)  # fmt: skip
+        with av.open(str(path)) as c:
+            return c.streams.video[0].frames
+
+    runs: dict[str, list[float]] = {"video_reader": [], "pyav": [], "ffmpeg": []}
+    for _ in range(repeats):
+        for name, fn in (("video_reader", reader), ("pyav", plain), ("ffmpeg", ffmpeg)):
+            if name == "ffmpeg" and shutil.which("ffmpeg") is None:
+                continue
+            t0 = time.perf_counter()
+            frames = fn()
+            runs[name].append(frames / (time.perf_counter() - t0))
+    result: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items() if v}
+    if "ffmpeg" in result:
+        result["video_reader_vs_ffmpeg"] = round(result["video_reader"] / result["ffmpeg"], 3)
+    result["runs"] = runs
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--decode-frames", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    scratch = args.out / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+
+    images, masks = make_inputs(args.frames, args.seed)
+    video = args.out / f"synthetic_{WIDTH}x{HEIGHT}.mp4"
+    if not video.is_file():
+        surgery = SyntheticSurgery(width=WIDTH, height=HEIGHT, fps=FPS, seed=args.seed,
+                                   num_instruments=3)  # fmt: skip
+        with VideoWriter(video, width=WIDTH, height=HEIGHT, fps=FPS) as writer:
+            for i in range(args.decode_frames):
+                writer.write(surgery.render(i).image)
+
+    results = {
+        "frame": [WIDTH, HEIGHT],
+        "frames": args.frames,
+        "cues": bench_cues(images, masks),
+        "png": bench_png(masks, scratch),
+        "ffv1": bench_ffv1(masks, scratch),
+        "overlay": bench_overlay(images, masks, scratch),
+        "decode_fps": decode_fps(video, args.repeats),
+    }
+    shutil.rmtree(scratch, ignore_errors=True)
+    (args.out / "frame_costs.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{'stage':<10} {'ms/frame':>9} {'core-ms':>8}")
+    for name in ("cues", "png", "ffv1", "overlay"):
+        r = results[name]
+        print(f"{name:<10} {r['ms']:9.2f} {r['core_ms']:8.2f}")
+    print("decode fps:", {k: v for k, v in results["decode_fps"].items() if k != "runs"})
+
+
+if __name__ == "__main__":
+    main()
