@@ -13,10 +13,10 @@ Each input video gets its own folder::
 from __future__ import annotations
 
 import glob
+import itertools
 import platform
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,30 +63,36 @@ class InferSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
 
 
-def find_inputs(spec: str | Path) -> list[Path]:
-    """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)."""
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading components free of wildcards."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not set(part) & set("*?["), parts))
+    return Path(*fixed) if fixed else Path(".")
+
+
+def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
+    """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)
+    into (video, output folder name) pairs, sorted by path.
+
+    The folder name is the video's path relative to what ``spec`` names (the folder, the
+    glob's fixed leading folders, or the file's own folder), file name and extension
+    included: it never leaves the output folder, two inputs never share it (``a.mp4`` and
+    ``a.avi`` are ``a.mp4/`` and ``a.avi/``), and it does not depend on the other inputs.
+    """
     path = Path(spec)
     if path.is_dir():
+        root = path
         found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
         if not found:
             raise VideoError("no video files in this folder", path)
-        return found
-    if any(ch in str(spec) for ch in "*?["):
+    elif any(ch in str(spec) for ch in "*?["):
+        root = _glob_root(str(spec))
         found = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
         if not found:
             raise VideoError("no file matches this pattern", spec)
-        return found
-    return [path]  # a single file; a missing one fails when it is opened, with its name
-
-
-def output_names(videos: Sequence[Path]) -> list[str]:
-    """One distinct folder name per video: its stem, prefixed by parent folders on clashes."""
-    names = [v.stem for v in videos]
-    depth = 1
-    while len(set(names)) < len(names) and depth < 8:
-        names = ["__".join([*v.parent.parts[-depth:], v.stem]) for v in videos]
-        depth += 1
-    return names
+    else:  # a single file; a missing one fails when it is opened, with its name
+        return [(path, path.name)]
+    return [(video, video.relative_to(root).as_posix()) for video in found]
 
 
 def software_versions() -> dict[str, str]:
@@ -243,9 +249,8 @@ def process_inputs(
     record: dict[str, Any] | None = None,
 ) -> InferSummary:
     """Process every video named by ``inputs``; a failing video does not stop the others."""
-    videos = find_inputs(inputs)
     summary = InferSummary()
-    for video, name in zip(videos, output_names(videos), strict=True):
+    for video, name in find_inputs(inputs):
         out_dir = Path(output_dir) / name
         try:
             process_video(

@@ -13,10 +13,12 @@ queue blocks its producer (backpressure), or, for a live source, drops an item b
 * ``keep_latest``: drop the oldest waiting item to make room for the new one;
 * ``drop_new``: drop the new item.
 
-An exception in any stage stops every stage and is raised again in the caller; so is leaving
-the loop early, a ``KeyboardInterrupt`` in the caller, or setting the ``stop`` event (which
-ends the iteration quietly). Each stage records its busy time (inside its function, not
-waiting on queues), items, frames and drops.
+An exception in any stage stops every stage and is raised again in the caller. Leaving the
+loop early (once the iterator is released), a ``KeyboardInterrupt`` in the caller, or setting
+the ``stop`` event (which ends the iteration quietly) stop every stage too; pipelines still
+running when the interpreter exits are stopped, and their threads joined, at exit. Each
+stage records its busy time (inside its function, not waiting on queues), items, frames and
+drops.
 
 The second half of the module holds the segmentation stages built on ``Predictor``, shared
 by ``surgseg.infer`` (offline), ``surgseg.stream`` (live) and ``surgseg.bench``.
@@ -24,9 +26,11 @@ by ``surgseg.infer`` (offline), ``surgseg.stream`` (live) and ``surgseg.bench``.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +47,18 @@ from surgseg.tracking import Tracker
 DROP_POLICIES = ("block", "keep_latest", "drop_new")
 _POLL_S = 0.05  # how often a blocked thread looks at the stop event
 _END = object()  # put after the last item
+_RUNNING: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # pipelines whose threads run
+
+
+@atexit.register
+def _stop_running() -> None:
+    """Stop the pipelines still running at interpreter exit and wait for their threads, so
+    that no stage is inside native code (decoders, torch) while the interpreter shuts down."""
+    for pipeline in list(_RUNNING):
+        pipeline.stop.set()
+    for pipeline in list(_RUNNING):
+        for thread in pipeline._threads:
+            thread.join()
 
 
 @dataclass
@@ -136,6 +152,7 @@ class Pipeline:
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._started = False
+        self._threads: list[threading.Thread] = []
 
     def __iter__(self) -> Iterator[Any]:
         if self._started:
@@ -146,6 +163,8 @@ class Pipeline:
             args = (stage, self._queues[i], self._queues[i + 1])
             threads.append(threading.Thread(target=self._run_stage, args=args, name=stage.name,
                                             daemon=True))  # fmt: skip
+        self._threads = threads
+        _RUNNING.add(self)
         for thread in threads:
             thread.start()
         finished = False
@@ -158,6 +177,7 @@ class Pipeline:
                 self.stop.set()
             for thread in threads:
                 thread.join()
+            _RUNNING.discard(self)
         if self._error is not None:
             raise self._error
 

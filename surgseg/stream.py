@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -124,15 +125,18 @@ class LiveStream:
         self.latencies = array("d")  # seconds, 8 bytes per emitted frame
         self.complete = False  # True once the whole video went through
         self._pipeline: Pipeline | None = None
-        self._results: Iterator[StreamResult] | None = None
+        # A weak reference: leaving a ``for`` loop early drops the only strong one, which
+        # closes the generator and with it every stage.
+        self._results: weakref.ref[Iterator[StreamResult]] | None = None
         self._started = 0.0
         self._wall = 0.0
 
     def __iter__(self) -> Iterator[StreamResult]:
         if self._results is not None:
             raise RuntimeError("a LiveStream runs only once")
-        self._results = self._run()
-        return self._results
+        results = self._run()
+        self._results = weakref.ref(results)
+        return results
 
     def _run(self) -> Iterator[StreamResult]:
         predictor = self.predictor
@@ -170,8 +174,9 @@ class LiveStream:
     def close(self) -> None:
         """Stop every stage and end the iteration."""
         self.stop.set()
-        if self._results is not None:
-            self._results.close()
+        results = self._results() if self._results is not None else None
+        if results is not None:
+            results.close()
 
     def __enter__(self) -> LiveStream:
         return self

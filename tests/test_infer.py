@@ -23,6 +23,7 @@ from surgseg.apps.infer import run
 from surgseg.cues import estimate_view, find_instruments
 from surgseg.decode import read_frames
 from surgseg.errors import CheckpointError, ConfigError
+from surgseg.infer import find_inputs
 from surgseg.sinks import read_masks
 from surgseg.synthetic import write_clip
 
@@ -45,7 +46,7 @@ def test_outputs_of_one_video(clip, make_checkpoint, tmp_path):
     ckpt = make_checkpoint("parts")
     summary = run(_cfg(input=clip, checkpoint=ckpt, output_dir=tmp_path / "out", batch_size=4))
     assert summary.failed == []
-    out = tmp_path / "out" / "video"
+    out = tmp_path / "out" / "video.mp4"
     assert summary.done == [out]
     frames = list(read_frames(clip))
 
@@ -86,7 +87,7 @@ def test_ffv1_masks_keep_frame_times(clip, make_checkpoint, tmp_path):
         **{"outputs.masks": "ffv1", "outputs.overlay": "false"},
     )
     run(cfg)
-    out = tmp_path / "video"
+    out = tmp_path / "video.mp4"
     assert not (out / "overlay.mp4").exists() and not (out / "masks").exists()
     times = [t for _, t, _ in read_masks(out / "masks.mkv")]
     assert times == pytest.approx([f.time_s for f in read_frames(clip)], abs=1e-3)
@@ -155,9 +156,9 @@ def test_cli_processes_the_good_and_lists_each_bad_input(make_checkpoint, tmp_pa
     for name, path in inputs.items():
         if name != "good":
             assert any(line.startswith(f"{path}: ") for line in failures), name
-    done = sorted(p.parent.name for p in out.rglob("run.json"))
-    assert done == ["good", "h264"]
-    assert not any((out / n / "run.json").exists() for n in ("cut", "header_only", "notes"))
+    done = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("run.json"))
+    assert done == ["src/good.avi", "src/h264.mp4"]
+    assert not any((out / n / "run.json").exists() for n in ("cut.mp4", "header_only.avi"))
 
 
 @pytest.mark.parametrize("problem", ["missing_input", "not_our_checkpoint"])
@@ -189,3 +190,28 @@ def test_cli_user_errors_are_one_line(problem, make_checkpoint, clip, tmp_path):
     assert any(str(named) in line for line in lines), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "out").rglob("run.json"))
+
+
+def test_same_stems_get_their_own_folders_inside_output_dir(clip, make_checkpoint, tmp_path):
+    """a.mp4 and a.avi in one folder: two folders inside output_dir, never outside it."""
+    same = tmp_path / "data" / "same"
+    write_video(same / "a", fmt="h264-mp4", frames=3)
+    write_video(same / "a", fmt="mjpeg-avi", frames=3)
+    out = tmp_path / "out"
+    summary = run(_cfg(input=same, checkpoint=make_checkpoint(), output_dir=out))
+    assert summary.done == [out / "a.avi", out / "a.mp4"]
+    runs = [json.loads(p.read_text())["input"] for p in sorted(out.rglob("run.json"))]
+    assert runs == [str(same / "a.avi"), str(same / "a.mp4")]
+
+
+def test_folder_names_do_not_depend_on_the_rest_of_the_batch(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("sub/b.mp4", "b.mp4", "sub/c.mkv"):
+        (tmp_path / name).write_bytes(b"x")
+    by_folder = dict(find_inputs(tmp_path))
+    assert by_folder == {tmp_path / "b.mp4": "b.mp4", tmp_path / "sub/b.mp4": "sub/b.mp4",
+                         tmp_path / "sub/c.mkv": "sub/c.mkv"}  # fmt: skip
+    assert find_inputs(f"{tmp_path}/**/*.mp4") == sorted(
+        (p, n) for p, n in by_folder.items() if n.endswith(".mp4"))
+    assert find_inputs(f"{tmp_path}/sub/*.mp4") == [(tmp_path / "sub/b.mp4", "b.mp4")]
+    assert find_inputs(tmp_path / "sub" / "b.mp4") == [(tmp_path / "sub/b.mp4", "b.mp4")]

@@ -214,3 +214,29 @@ def test_ctrl_c_leaves_complete_outputs(make_checkpoint, tmp_path):
     assert [rec["index"] for rec in lines] == list(range(len(lines)))
     assert len(list(read_masks(out.parent / "masks.mkv"))) == len(lines)
     assert not json.loads((out.parent / "cues.summary.json").read_text())["complete"]
+
+
+_BREAK_SCRIPT = """
+import sys, threading
+import surgseg
+live = surgseg.stream(sys.argv[1], checkpoint=sys.argv[2], realtime=True)
+for result in live:
+    break
+print("threads after break:", threading.active_count())
+if sys.argv[3] == "keep-iterator":  # an iterator still alive at exit: stopped at exit
+    it = iter(surgseg.stream(sys.argv[1], checkpoint=sys.argv[2], realtime=True))
+    next(it)
+"""
+
+
+@pytest.mark.parametrize("form", ["break", "keep-iterator"])
+def test_leaving_the_loop_stops_every_stage_and_exits_cleanly(form, make_checkpoint, tmp_path):
+    """The form docs/streaming.md shows: the stream in a variable, ``break`` out of the loop."""
+    video = bar_video(tmp_path / "long.mp4", frames=60, fps=10)
+    env = {**os.environ, "PYTHONPATH": str(Path(CONF_DIR).parent)}
+    proc = subprocess.run([sys.executable, "-c", _BREAK_SCRIPT, str(video),
+                           str(make_checkpoint()), form],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "threads after break: 1" in proc.stdout
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr
