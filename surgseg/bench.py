@@ -2,14 +2,21 @@
 
 ``bench`` measures, on one video:
 
-* each stage alone: decode (PyAV to RGB arrays); preprocess and inference on frames decoded
-  beforehand; pose cues on the masks predicted there; writing (masks, cues, overlay);
-* the offline pipeline end to end (``surgseg.pipeline.segmentation_pipeline``), with the
-  latency of each batch from leaving the decoder to being written;
-* process CPU use (cores busy), system CPU use (other processes included), GPU use (NVML, when
-  ``pynvml`` is importable), peak RSS and peak GPU memory of each measurement;
-* the model's FLOPs per frame (``FlopCounterMode``) and the device's measured matmul rate:
-  the compute floor of a frame, and how far the model's time is above it.
+* each stage of ``surgseg.stages`` alone, with its workers: decode (PyAV to RGB arrays);
+  ``device``, the model's side (upload, segment, download, overlapped as end to end) on
+  frames decoded beforehand, and ``engine``, the network alone on one preprocessed batch;
+  locate, track, render and write on the predictions made there. For each: wall ms per
+  frame, CPU time of the whole process per frame (core-ms; every thread counted, those of
+  FFmpeg, OpenCV and torch too) and cores busy;
+* the offline pipeline end to end, with the latency of each batch from leaving the decoder
+  to being written, against a bound: the slower of the device (its throughput alone) and the
+  CPU (cores × 1000 / the core-ms per frame of every stage together);
+* process and system CPU use, GPU use (NVML, when ``pynvml`` is importable), peak RSS and
+  peak GPU memory of each measurement;
+* the model's FLOPs per frame (``FlopCounterMode``) against the device's measured matmul rate.
+
+``StandInPredictor`` replaces the model's side by precomputed results delivered at a chosen
+rate, so the pipeline can be measured at GPU speed on a machine without a GPU.
 
 ``write_report`` gathers every ``bench.json`` under a folder into ``bench.md`` (a table) and
 ``bench.png`` (a chart).
@@ -21,9 +28,9 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +43,26 @@ from surgseg.atomic import atomic_path
 from surgseg.checkpoint import CheckpointMeta
 from surgseg.decode import Frame, VideoReader
 from surgseg.engines import create_engine
-from surgseg.infer import CueOptions
-from surgseg.pipeline import (
+from surgseg.options import CueOptions, OutputOptions, Workers
+from surgseg.pipeline import Pipeline, Stage
+from surgseg.predictor import Pending, Prediction, Predictor, Uploaded
+from surgseg.preprocess import Preprocess
+from surgseg.stages import (
     Batch,
-    Pipeline,
-    PoseCues,
-    Stage,
-    Write,
     batched,
-    infer,
+    cue_stages,
+    download,
+    open_outputs,
+    segment,
     segmentation_pipeline,
     upload,
+    write_stages,
 )
-from surgseg.predictor import Predictor
-from surgseg.sinks import CuesWriter, OverlayWriter, open_mask_writer
 from surgseg.stream import percentiles_ms
-from surgseg.tasks import class_names, palette
+from surgseg.tasks import class_names
 
-STAGES = ("decode", "preprocess", "inference", "cues", "write")
+CPU_STAGES = ("decode", "locate", "track", "render", "write")
+STAGES = ("decode", "device", "locate", "track", "render", "write")
 
 
 def random_predictor(
@@ -82,6 +91,73 @@ def random_predictor(
     net = meta.build()
     return Predictor(create_engine(engine, model=net, meta=meta, device=device, **engine_options),
                      meta)  # fmt: skip
+
+
+class _StandInEngine:
+    name = "stand-in"
+    device = torch.device("cpu")
+
+
+@dataclass
+class _Due:
+    """Ready at ``time`` (``time.perf_counter``): ``synchronize`` sleeps until then."""
+
+    time: float
+
+    def synchronize(self) -> None:
+        delay = self.time - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class StandInPredictor:
+    """Delivers precomputed predictions at ``fps`` frames per second, like a GPU would.
+
+    ``launch`` returns at once; the device is a queue served at ``fps``: a batch is due
+    ``len(batch) / fps`` after the previous one (or after its launch, if later), and
+    ``download`` sleeps until then, releasing the GIL as a thread waiting on a GPU does.
+    Frame ``i`` of a video gets ``predictions[i % len(predictions)]``: they must have the
+    frames' size.
+    """
+
+    def __init__(self, predictions: Sequence[Prediction], meta: CheckpointMeta, *, fps: float):
+        if fps <= 0:
+            raise ValueError(f"the stand-in's fps must be positive, got {fps}")
+        self.predictions = list(predictions)
+        self.meta = meta
+        self.fps = fps
+        self.engine = _StandInEngine()
+        self.device = self.engine.device
+        self.geometry = Preprocess(meta.input_size, meta.mean, meta.std)
+        self.input_size = self.geometry.input_size
+        self._served = 0
+        self._free_at = 0.0
+        self._lock = threading.Lock()
+
+    def upload(self, frames: Sequence[np.ndarray]) -> Uploaded:
+        """Nothing to copy: only the count of frames travels."""
+        return Uploaded(torch.empty(len(frames), 0))
+
+    def launch(self, batch: Uploaded) -> Pending:
+        """The next predictions, due when the stand-in device has served the batch."""
+        n = len(batch.frames)
+        with self._lock:
+            start = max(time.perf_counter(), self._free_at)
+            self._free_at = start + n / self.fps
+            first, self._served = self._served, self._served + n
+            due = _Due(self._free_at)
+        picks = [self.predictions[(first + i) % len(self.predictions)] for i in range(n)]
+        labels = torch.from_numpy(np.stack([p.mask for p in picks]))
+        conf = torch.from_numpy(np.stack([p.confidence for p in picks]))
+        return Pending(labels, conf, due)
+
+    def download(self, pending: Pending) -> list[Prediction]:
+        """Sleep until the batch is due, then return it."""
+        return pending.wait()
+
+    def predict(self, frames: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for ``frames``, at the stand-in's rate."""
+        return self.download(self.launch(self.upload(frames)))
 
 
 class _Monitor:
@@ -118,8 +194,9 @@ class _Monitor:
                 return
 
     @contextmanager
-    def measure(self, into: dict[str, Any]) -> Iterator[None]:
-        """Fill ``into`` with the resources used inside the block."""
+    def measure(self, into: dict[str, Any], frames: Callable[[], int]) -> Iterator[None]:
+        """Fill ``into`` with the resources used inside the block, per frame where it makes
+        sense (``frames()`` is asked at the end)."""
         self.peak_rss, self.gpu_samples = 0, []
         self._stop.clear()
         if self.device.type == "cuda":
@@ -142,8 +219,13 @@ class _Monitor:
             sys_idle = (sys1.idle + getattr(sys1, "iowait", 0)) - (
                 sys0.idle + getattr(sys0, "iowait", 0)
             )
+            n = frames()
             into.update(
+                frames=n,
                 wall_s=round(wall, 4),
+                fps=round(n / wall, 2) if wall > 0 else None,
+                ms_per_frame=round(1000 * wall / n, 3) if n else None,
+                core_ms_per_frame=round(1000 * busy / n, 3) if n else None,
                 process_cpu_cores=round(busy / wall, 2) if wall > 0 else None,
                 system_cpu_percent=round(100 * (1 - sys_idle / sys_total), 1)
                 if sys_total > 0
@@ -158,25 +240,37 @@ class _Monitor:
             )
 
 
-def _alone(name: str, fn: Callable[[Batch], Any], batches: list[Batch], monitor: _Monitor,
-           sync: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
-    """Run one stage by itself, in a pipeline thread as end to end: throughput, latency of each
-    batch and resources."""
-    latencies = []
-
-    def timed(batch: Batch) -> Batch:
-        t0 = time.perf_counter()
-        out = fn(batch)
-        sync()
-        latencies.append(time.perf_counter() - t0)
-        return out
-
+def _alone(stages: list[Stage], batches: list[Batch], monitor: _Monitor) -> dict[str, Any]:
+    """Run ``stages`` by themselves over ``batches`` (already holding what they need), in a
+    pipeline as end to end: throughput, per-frame core-ms, the stages' own figures."""
     result: dict[str, Any] = {}
-    pipeline = Pipeline(batches, [Stage(name, timed)], count=len)
-    with monitor.measure(result):
-        stats = pipeline.run()[name]
-    result.update(stats.to_dict(), latency_ms=percentiles_ms(latencies))
+    pipeline = Pipeline(batches, stages, count=len)
+    with monitor.measure(result, lambda: pipeline.stats[stages[-1].name].frames):
+        stats = pipeline.run()
+    result["workers"] = max(s.workers for s in stages)
+    result["stages"] = {s.name: stats[s.name].to_dict() for s in stages}
     return result
+
+
+def engine_only(predictor: Predictor, batch: Batch, *, repeats: int = 10) -> dict[str, Any]:
+    """The network alone on one preprocessed batch, ``repeats`` times back to back (one
+    synchronization at the end): the model-only throughput the pipeline is compared with."""
+    if isinstance(predictor, StandInPredictor):
+        return {"fps": predictor.fps, "ms_per_frame": round(1000 / predictor.fps, 3)}
+    with torch.inference_mode():
+        frames = torch.from_numpy(np.stack([f.image for f in batch.frames])).to(predictor.device)
+        x = predictor.preprocess(frames)
+        predictor.engine.infer(x)  # warm-up
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize(predictor.device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            predictor.engine.infer(x)
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize(predictor.device)
+        wall = time.perf_counter() - t0
+    n = repeats * len(batch)
+    return {"fps": round(n / wall, 2), "ms_per_frame": round(1000 * wall / n, 3)}
 
 
 def model_flops(predictor: Predictor) -> int:
@@ -207,113 +301,98 @@ def matmul_tflops(device: torch.device, *, dtype: torch.dtype = torch.float32) -
     return 2 * n**3 / best / 1e12
 
 
+def _first(reader: VideoReader, n: int | None) -> Iterator[Frame]:
+    for frame in reader:
+        yield frame
+        if n is not None and frame.index + 1 >= n:
+            return
+
+
 def bench(
     video: str | Path,
     *,
-    predictor: Predictor,
+    predictor: Predictor | StandInPredictor,
     out_dir: str | Path,
     batch_size: int = 4,
     max_frames: int | None = None,
     held_frames: int = 32,
     queue_size: int = 2,
-    masks: str = "png",
-    overlay: bool = True,
+    outputs: OutputOptions | None = None,
     cues: CueOptions | None = None,
+    workers: Workers | None = None,
     flops: bool = True,
 ) -> dict[str, Any]:
     """Measure every stage alone, then the pipeline end to end, on ``video``.
 
     Args:
-        predictor: the model under test (engine, device, input size).
+        predictor: the model under test (engine, device, input size), or a stand-in.
         out_dir: scratch outputs go to ``out_dir/scratch`` (removed at the end).
         max_frames: frames decoded and processed end to end; None: the whole video.
-        held_frames: frames kept in memory for the preprocess, inference, cues and write
-            measurements (memory: held_frames × frame size).
+        held_frames: frames kept in memory for the stage-alone runs after decode
+            (memory: held_frames × frame size × about 2).
         flops: also count the model's FLOPs and measure the matmul roof.
 
     Returns a JSON-ready dict (see docs/streaming.md).
     """
     video, out_dir = Path(video), Path(out_dir)
+    outputs = outputs or OutputOptions()
     cues = cues or CueOptions()
+    workers = workers or Workers()
     device = predictor.device
     monitor = _Monitor(device)
     scratch = out_dir / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    classes = predictor.meta.num_classes
 
     # decode alone (the source thread of a pipeline without stages), keeping the first frames
     held: list[Frame] = []
-    decode: dict[str, Any] = {}
-    with monitor.measure(decode), VideoReader(video) as reader:
+    alone: dict[str, Any] = {"decode": {}}
+    with VideoReader(video) as reader:
         info = reader.info
-        frames = iter(reader) if max_frames is None else _first(reader, max_frames)
-        decoding = Pipeline(frames, [], source_name="decode", queue_size=queue_size)
-        for frame in decoding:
-            if len(held) < held_frames:
-                held.append(frame)
-    decode.update(decoding.stats["decode"].to_dict())
+        decoding = Pipeline(_first(reader, max_frames), [], source_name="decode",
+                            queue_size=queue_size)  # fmt: skip
+        with monitor.measure(alone["decode"], lambda: decoding.stats["decode"].frames):
+            for frame in decoding:
+                if len(held) < held_frames:
+                    held.append(frame)
 
-    # preprocess and inference alone, on frames decoded beforehand (after one warm-up batch)
+    # the device side (after one warm-up batch), then each CPU stage on its results
     batches = list(batched(held, batch_size))
-    to_device, run_model = upload(predictor), infer(predictor)
-    _alone("warm-up", lambda b: run_model(to_device(b)), batches[:1], monitor, sync)
-    preprocess = _alone("preprocess", to_device, batches, monitor, sync)
-    inference = _alone("inference", run_model, batches, monitor, sync)  # on to_device's inputs
-
-    # pose cues alone on the predicted masks; writing alone
-    pose = PoseCues(task=predictor.meta.task, **asdict(cues))
-    cue_stage = _alone("cues", pose, batches, monitor, sync)
-    sinks_kw = info.writer_format()
-
-    def open_writers(folder: Path) -> Write:
-        folder.mkdir(parents=True, exist_ok=True)
-        return Write(
-            masks=open_mask_writer(masks, folder, **sinks_kw),
-            cues=CuesWriter(folder / "cues.jsonl"),
-            overlay=OverlayWriter(folder / "overlay.mp4",
-                                  palette=palette(predictor.meta.num_classes), **sinks_kw)
-            if overlay else None,
-        )  # fmt: skip
-
-    def close_writers(write: Write) -> None:
-        for sink in (write.masks, write.cues, write.overlay):
-            if sink is not None:
-                sink.close()
-
-    write = open_writers(scratch / "write_alone")
-    write_stage = _alone("write", write, batches, monitor, sync)
+    device_stages = [upload(predictor), segment(predictor), download(predictor)]
+    _alone(device_stages, batches[:1], monitor)
+    alone["device"] = _alone(device_stages, batches, monitor)
+    alone["engine"] = engine_only(predictor, batches[0])
+    locate, track = cue_stages(predictor, cues, workers=workers.locate)
+    alone["locate"] = _alone([locate], batches, monitor)
+    alone["track"] = _alone([track], batches, monitor)
+    opened = open_outputs(scratch / "alone", info=info, options=outputs, num_classes=classes)
+    render, write = write_stages(opened, workers=workers.render)
+    alone["render"] = _alone([render], batches, monitor)
+    for batch in batches:  # the render run has emptied them, as the write stage does
+        batch.rendered = [opened.render(f, p, i) for f, p, i in
+                          zip(batch.frames, batch.predictions, batch.instruments, strict=True)]
+    alone["write"] = _alone([write], batches, monitor)
     t0 = time.perf_counter()
-    close_writers(write)
-    write_stage["close_s"] = round(time.perf_counter() - t0, 4)
+    opened.close()
+    alone["write"]["close_s"] = round(time.perf_counter() - t0, 4)
     del batches
 
     # end to end
-    write = open_writers(scratch / "end_to_end")
-    pose = PoseCues(task=predictor.meta.task, **asdict(cues))
+    opened = open_outputs(scratch / "end_to_end", info=info, options=outputs, num_classes=classes)
     end_to_end: dict[str, Any] = {}
-    latencies = []
-    with monitor.measure(end_to_end), VideoReader(video) as reader:
-        frames = iter(reader) if max_frames is None else _first(reader, max_frames)
-        pipeline = segmentation_pipeline(frames, predictor=predictor, cues=pose, write=write,
-                                         batch_size=batch_size, queue_size=queue_size)  # fmt: skip
-        processed = 0
-        t0 = time.perf_counter()
-        for written in pipeline:
-            latencies.append(time.perf_counter() - written.released)
-            processed += len(written)
-        close_writers(write)
-        wall = time.perf_counter() - t0
-    end_to_end.update(frames=processed, fps=round(processed / wall, 2),
-                      latency_ms=percentiles_ms(latencies),
+    latencies: list[float] = []
+    with VideoReader(video) as reader:
+        pipeline = segmentation_pipeline(_first(reader, max_frames), predictor=predictor,
+                                         cues=cues, outputs=opened, batch_size=batch_size,
+                                         workers=workers, queue_size=queue_size)  # fmt: skip
+        with monitor.measure(end_to_end, lambda: pipeline.stats["write"].frames):
+            for written in pipeline:
+                latencies.append(time.perf_counter() - written.released)
+            opened.close()
+    end_to_end.update(latency_ms=percentiles_ms(latencies),
                       stages={k: s.to_dict() for k, s in pipeline.stats.items()})  # fmt: skip
     shutil.rmtree(scratch, ignore_errors=True)
 
-    alone = {"decode": decode, "preprocess": preprocess, "inference": inference,
-             "cues": cue_stage, "write": write_stage}  # fmt: skip
-    slowest = min(alone, key=lambda k: alone[k]["fps"] or float("inf"))
     result = {
         "video": {
             "path": str(video),
@@ -330,35 +409,40 @@ def bench(
             "device": str(device),
         },
         "batch_size": batch_size,
+        "workers": {"locate": workers.locate, "render": workers.render},
         "cpu_cores": psutil.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "stages_alone": alone,
         "end_to_end": end_to_end,
-        "slowest_stage": slowest,
-        "end_to_end_vs_slowest": round(end_to_end["fps"] / alone[slowest]["fps"], 3),
+        "bound": pipeline_bound(alone, cores=psutil.cpu_count() or 1),
     }
-    if flops:
-        result["compute"] = compute_floor(predictor, inference["ms_per_frame"])
+    result["end_to_end_vs_bound"] = round(end_to_end["fps"] / result["bound"]["fps"], 3)
+    if flops and not isinstance(predictor, StandInPredictor):
+        result["compute"] = compute_floor(predictor, alone["engine"]["ms_per_frame"])
     return result
 
 
-def _first(reader: VideoReader, n: int) -> Iterator[Frame]:
-    for frame in reader:
-        yield frame
-        if frame.index + 1 >= n:
-            return
+def pipeline_bound(alone: dict[str, Any], *, cores: int) -> dict[str, Any]:
+    """The end-to-end rate the resources allow: the device's rate alone, or the CPU's, cores ×
+    1000 / the core-ms per frame of every stage (the device side included, for its host
+    work), whichever is lower."""
+    core_ms = sum(alone[s]["core_ms_per_frame"] for s in ("device", *CPU_STAGES))
+    cpu = cores * 1000 / core_ms if core_ms > 0 else float("inf")
+    device = alone["device"]["fps"]
+    return {"fps": round(min(device, cpu), 2), "device_fps": device, "cpu_fps": round(cpu, 2),
+            "core_ms_per_frame": round(core_ms, 3), "cores": cores,
+            "limited_by": "device" if device <= cpu else "cpu"}  # fmt: skip
 
 
 def compute_floor(predictor: Predictor, model_ms_per_frame: float) -> dict[str, Any]:
-    """The model's FLOPs per frame, the measured fp32 matmul roof, and the model's time over
-    the floor (FLOPs / roof). Preprocess and upsampling are part of the measured time."""
+    """The model's FLOPs per frame, the measured matmul roof, and the share of that roof the
+    model's arithmetic reached (``percent_of_roof``: FLOPs per second achieved / roof)."""
     per_frame = model_flops(predictor)
     roof = matmul_tflops(predictor.device)
-    floor_ms = 1000 * per_frame / (roof * 1e12)
+    achieved = per_frame / (model_ms_per_frame / 1000) / 1e12
     return {"gflops_per_frame": round(per_frame / 1e9, 2), "matmul_tflops": round(roof, 3),
-            "floor_ms_per_frame": round(floor_ms, 3),
-            "model_ms_per_frame": model_ms_per_frame,
-            "times_floor": round(model_ms_per_frame / floor_ms, 2)}  # fmt: skip
+            "model_ms_per_frame": model_ms_per_frame, "model_tflops": round(achieved, 3),
+            "percent_of_roof": round(100 * achieved / roof, 1)}  # fmt: skip
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -392,46 +476,64 @@ def write_report(root: str | Path) -> tuple[Path, Path] | None:
     runs = collect(root)
     if not runs:
         return None
-    head = ["run", "engine", "device", "batch", "input", *(f"{s} fps" for s in STAGES),
-            "e2e fps", "e2e/slowest", "e2e p50/p99 ms", "peak RSS MB", "peak GPU MB",
-            "GPU %", "× floor"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rates = ["run", "engine", "device", "batch", "input", "workers",
+             *(f"{s} fps" for s in STAGES), "engine-only fps", "e2e fps", "bound fps",
+             "e2e/bound", "e2e p50/p99 ms", "peak RSS MB", "peak GPU MB", "GPU %",
+             "% of roof"]  # fmt: skip
+    costs = ["run", *(f"{s} ms (core-ms)" for s in STAGES), "Σ core-ms"]
+    table1 = ["| " + " | ".join(rates) + " |", "|" + "---|" * len(rates)]
+    table2 = ["| " + " | ".join(costs) + " |", "|" + "---|" * len(costs)]
     for label, r in runs:
-        e2e, model = r["end_to_end"], r["model"]
+        e2e, model, alone, bound = r["end_to_end"], r["model"], r["stages_alone"], r["bound"]
         lat = e2e["latency_ms"]
         row = [label, model["engine"], model["device"], r["batch_size"],
                "×".join(map(str, model["input_size"])),
-               *(r["stages_alone"][s]["fps"] for s in STAGES), e2e["fps"],
-               r["end_to_end_vs_slowest"], f"{lat['p50']}/{lat['p99']}", e2e["peak_rss_mb"],
-               e2e["peak_gpu_mem_mb"], e2e["gpu_util_percent"],
-               r.get("compute", {}).get("times_floor")]  # fmt: skip
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+               f"{r['workers']['locate']}/{r['workers']['render']}",
+               *(alone[s]["fps"] for s in STAGES), alone["engine"]["fps"], e2e["fps"],
+               f"{bound['fps']} ({bound['limited_by']})", r["end_to_end_vs_bound"],
+               f"{lat['p50']}/{lat['p99']}", e2e["peak_rss_mb"], e2e["peak_gpu_mem_mb"],
+               e2e["gpu_util_percent"], r.get("compute", {}).get("percent_of_roof")]  # fmt: skip
+        table1.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        cost = [label, *(f"{alone[s]['ms_per_frame']} ({alone[s]['core_ms_per_frame']})"
+                         for s in STAGES), bound["core_ms_per_frame"]]  # fmt: skip
+        table2.append("| " + " | ".join(_cell(v) for v in cost) + " |")
     notes = [
         "",
-        "Stage fps: the stage alone (frames per second of its busy time). e2e/slowest: end to "
-        "end over the slowest stage alone (1.0 = the pipeline hides every other stage). "
-        "× floor: model time over FLOPs / measured fp32 matmul rate.",
+        "Stage fps: each stage alone, with its workers (decode: PyAV to RGB; device: upload, "
+        "segment and download overlapped; engine-only: the network alone, back to back). "
+        "Bound: the lower of the device's fps alone and cores × 1000 / Σ core-ms, the CPU "
+        "time per frame of all stages together; e2e/bound near 1 means no stage and no lock "
+        "holds the pipeline below what its resources allow. % of roof: the model's FLOP/s "
+        "over the measured matmul FLOP/s of the device (fp32 on CPUs; a rough roof).",
+        "",
+        "Per-frame cost of each stage alone: wall ms per frame and, in brackets, CPU ms per "
+        "frame of the whole process (core-ms: every thread counted, FFmpeg's and OpenCV's "
+        "too).",
     ]
     md = root / "bench.md"
     with atomic_path(md) as tmp:
-        tmp.write_text("# surgseg-bench\n\n" + "\n".join(lines + notes) + "\n")
+        tmp.write_text("# surgseg-bench\n\n" + "\n".join(table1) + "\n\n"
+                       + "\n".join(table2) + "\n".join(notes) + "\n")  # fmt: skip
 
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(runs) + 3), 4))
-    names = [*STAGES, "end to end"]
-    width = 0.8 / len(names)
+    names = [*STAGES, "end to end", "bound"]
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.32 * len(names) * len(runs)))
+    height = 0.8 / len(names)
+    top = 0.0
     for i, name in enumerate(names):
-        values = [
-            (r["end_to_end"]["fps"] if name == "end to end" else r["stages_alone"][name]["fps"])
-            or 0
-            for _, r in runs
-        ]
-        ax.bar(np.arange(len(runs)) + i * width, values, width, label=name)
-    ax.set_xticks(np.arange(len(runs)) + 0.4 - width / 2, [label for label, _ in runs],
-                  rotation=20, ha="right", fontsize=8)  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_ylabel("frames per second (log)")
-    ax.set_title("surgseg-bench: each stage alone and end to end")
-    ax.legend(fontsize=7, ncols=3)
+        values = [(r["end_to_end"]["fps"] if name == "end to end" else r["bound"]["fps"]
+                   if name == "bound" else r["stages_alone"][name]["fps"]) or 0
+                  for _, r in runs]  # fmt: skip
+        y = np.arange(len(runs)) + i * height
+        bars = ax.barh(y, values, height, label=name)
+        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2, fontsize=7)
+        top = max(top, *values)
+    ax.set_xlim(0, top * 1.15)
+    ax.set_yticks(np.arange(len(runs)) + 0.4 - height / 2, [label for label, _ in runs],
+                  fontsize=8)  # fmt: skip
+    ax.invert_yaxis()
+    ax.set_xlabel("frames per second")
+    ax.set_title("surgseg-bench: each stage alone, end to end, and the resource bound")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     png = root / "bench.png"
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

@@ -19,8 +19,8 @@ from surgseg.cues import (
     summarize_errors,
 )
 from surgseg.decode import read_frames
-from surgseg.infer import CueOptions
 from surgseg.metrics import SegmentationMetrics
+from surgseg.options import CueOptions
 from surgseg.sinks import read_masks
 from surgseg.synthetic import SyntheticClip
 from surgseg.tasks import class_names

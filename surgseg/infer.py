@@ -17,7 +17,7 @@ import itertools
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,33 +26,12 @@ from tqdm import tqdm
 
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader
-from surgseg.errors import SurgsegError, VideoError
-from surgseg.pipeline import PoseCues, Write, segmentation_pipeline
+from surgseg.errors import ConfigError, SurgsegError, VideoError
+from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
-from surgseg.sinks import CuesWriter, OverlayWriter, open_mask_writer
-from surgseg.tasks import palette
+from surgseg.stages import open_outputs, segmentation_pipeline
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
-
-
-@dataclass
-class CueOptions:
-    """Pose-cue parameters (see ``surgseg.cues.find_instruments``) and the tracker's gate."""
-
-    min_area: int = 50
-    border_band: float = 3.0
-    tip_band: float = 2.0
-    track_max_distance: float = 80.0
-    track_max_missed: int = 10
-    view: str = "auto"  # "auto": field of view estimated from the first frame; "full": whole frame
-
-
-@dataclass
-class OutputOptions:
-    """What to write for each video."""
-
-    masks: str = "png"  # "png" or "ffv1"
-    overlay: bool = True
 
 
 @dataclass
@@ -133,75 +112,67 @@ def process_video(
     outputs: OutputOptions,
     cues: CueOptions,
     batch_size: int = 4,
+    workers: Workers | None = None,
     progress: bool = True,
     record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Segment every frame of ``video`` and write masks, cues, overlay and ``run.json``.
 
-    Decoding, inference, pose cues and writing run concurrently (``surgseg.pipeline``).
-    ``record`` holds extra fields for run.json (the resolved config, the checkpoint path).
-    Returns the run record. Raises VideoError for a video that cannot be processed.
+    The stages run concurrently (``surgseg.stages``). ``record`` holds extra fields for
+    run.json (the resolved config, the checkpoint path). Returns the run record. Raises
+    VideoError for a video that cannot be processed.
     """
     started = datetime.now(UTC)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
+    meta = predictor.meta
     with VideoReader(video) as reader:
         info = reader.info
-        sinks_kw = info.writer_format()
-        masks = open_mask_writer(outputs.masks, out_dir, **sinks_kw)
-        overlay = (
-            OverlayWriter(
-                out_dir / "overlay.mp4", palette=palette(predictor.meta.num_classes), **sinks_kw
-            )
-            if outputs.overlay
-            else None
-        )
-        bar = tqdm(
-            total=info.frames_reported,
-            unit="frame",
-            desc=video.name,
-            disable=not progress,
-            leave=False,
-        )
+        opened = open_outputs(out_dir, info=info, options=outputs, num_classes=meta.num_classes)
+        bar = tqdm(total=info.frames_reported, unit="frame", desc=video.name,
+                   disable=not progress, leave=False)  # fmt: skip
         try:
-            with CuesWriter(out_dir / "cues.jsonl") as cue_file:
-                pipeline = segmentation_pipeline(
-                    reader,
-                    predictor=predictor,
-                    cues=PoseCues(task=predictor.meta.task, **asdict(cues)),
-                    write=Write(masks=masks, cues=cue_file, overlay=overlay),
-                    batch_size=batch_size,
-                )
-                for batch in pipeline:
-                    bar.update(len(batch))
+            pipeline = segmentation_pipeline(reader, predictor=predictor, cues=cues,
+                                             outputs=opened, batch_size=batch_size,
+                                             workers=workers)  # fmt: skip
+            for batch in pipeline:
+                bar.update(len(batch))
             stages = pipeline.stats
             processed = stages["write"].frames
             if processed == 0:
                 raise VideoError("no decodable frame", video)
             t0 = time.perf_counter()
-            masks.close()
-            if overlay is not None:
-                overlay.close()
+            opened.close()
             closing = time.perf_counter() - t0
         except BaseException:
-            masks.abort()
-            if overlay is not None:
-                overlay.abort()
+            opened.abort()
             raise
         finally:
             bar.close()
         stats = reader.stats
 
+    def busy(*names: str) -> float:
+        return sum(stages[n].busy_s for n in names)
+
     timing = {
-        "decode": stages["decode"].busy_s,
-        "predict": stages["preprocess"].busy_s + stages["inference"].busy_s,
-        "cues": stages["cues"].busy_s,
-        "write": stages["write"].busy_s + closing,
+        "decode": busy("decode"),
+        "predict": busy("upload", "segment", "download"),
+        "cues": busy("locate", "track"),
+        "write": busy("render", "write") + closing,
     }
     wall = (datetime.now(UTC) - started).total_seconds()
     run = {
         "input": str(video),
         **(record or {}),
+        "model": {
+            "task": meta.task,
+            "classes": {name: value for value, name in enumerate(meta.class_names)},
+            "input_size": list(predictor.input_size),
+            "engine": predictor.engine.name,
+            "device": str(predictor.device),
+        },
         "video": {
             "container": info.container,
             "codec": info.codec,
@@ -220,7 +191,7 @@ def process_video(
             "first_error": stats.first_error,
         },
         "outputs": {
-            "masks": "masks.mkv" if outputs.masks == "ffv1" else "masks/",
+            "masks": {"png": "masks/", "ffv1": "masks.mkv", None: None}[outputs.masks],
             "cues": "cues.jsonl",
             "overlay": "overlay.mp4" if outputs.overlay else None,
         },
@@ -245,6 +216,7 @@ def process_inputs(
     outputs: OutputOptions,
     cues: CueOptions,
     batch_size: int = 4,
+    workers: Workers | None = None,
     progress: bool = True,
     record: dict[str, Any] | None = None,
 ) -> InferSummary:
@@ -260,6 +232,7 @@ def process_inputs(
                 outputs=outputs,
                 cues=cues,
                 batch_size=batch_size,
+                workers=workers,
                 progress=progress,
                 record=record,
             )

@@ -5,7 +5,9 @@ A stage is a function, a thread that applies it to every item, and a bounded out
     source ──q──▶ stage 1 ──q──▶ stage 2 ──q──▶ … ──q──▶ the caller iterating the Pipeline
 
 Decoding (PyAV), inference (torch) and writing (OpenCV, PyAV) release the GIL, so the stages
-overlap. Each stage has one thread and the queues are FIFO, so items come out in source order.
+overlap. A stage has one thread, or, with ``workers`` > 1, one thread that hands items to a
+pool of worker threads and puts their results back in input order; the queues are FIFO, so
+items come out in source order. Workers suit stateless work that releases the GIL.
 The queues are bounded, so memory stays bounded whatever the length of the source: a full
 queue blocks its producer (backpressure), or, for a live source, drops an item by a policy:
 
@@ -20,8 +22,8 @@ running when the interpreter exits are stopped, and their threads joined, at exi
 stage records its busy time (inside its function, not waiting on queues), items, frames and
 drops.
 
-The second half of the module holds the segmentation stages built on ``Predictor``, shared
-by ``surgseg.infer`` (offline), ``surgseg.stream`` (live) and ``surgseg.bench``.
+The segmentation stages built on this (decode → upload → segment → … → write) are in
+``surgseg.stages``.
 """
 
 from __future__ import annotations
@@ -32,17 +34,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-import torch
-
-from surgseg.cues import estimate_view, find_instruments
-from surgseg.decode import Frame
-from surgseg.errors import ConfigError
-from surgseg.predictor import Prediction, Predictor
-from surgseg.tracking import Tracker
 
 DROP_POLICIES = ("block", "keep_latest", "drop_new")
 _POLL_S = 0.05  # how often a blocked thread looks at the stop event
@@ -68,6 +62,8 @@ class Stage:
     ``drop`` says what happens to a result when that queue is full (see ``DROP_POLICIES``).
     ``stale``, if given, is asked about each input item as the stage takes it: an item for
     which it returns True is dropped unprocessed (counted in the stage's ``dropped``).
+    ``workers`` > 1 applies ``fn`` to up to ``2 × workers`` items at once on that many
+    threads (``fn`` must then be thread-safe); results still leave in input order.
     """
 
     name: str
@@ -75,20 +71,26 @@ class Stage:
     queue_size: int = 2
     drop: str = "block"
     stale: Callable[[Any], bool] | None = None
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.drop not in DROP_POLICIES:
             raise ValueError(f"drop must be one of {DROP_POLICIES}, got {self.drop!r}")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
 
 
 @dataclass
 class StageStats:
-    """What one stage did: busy time, items and frames out, drops, peak output queue."""
+    """What one stage did: busy time (summed over its workers), the CPU time of the threads
+    that ran it, items and frames out, drops, peak output queue."""
 
     name: str
+    workers: int = 1
     busy_s: float = 0.0
+    cpu_s: float = 0.0
     items: int = 0
     frames: int = 0
     dropped: int = 0
@@ -96,17 +98,24 @@ class StageStats:
 
     @property
     def fps(self) -> float | None:
-        """Frames per second of busy time: the stage's throughput when running alone."""
-        return self.frames / self.busy_s if self.busy_s > 0 else None
+        """Frames per second of busy time of all workers together: the stage's throughput when
+        running alone with its ``workers``, if they never waited for each other."""
+        return self.workers * self.frames / self.busy_s if self.busy_s > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         fps = self.fps
+
+        def per_frame(seconds: float) -> float | None:
+            return round(1000 * seconds / self.frames, 3) if self.frames else None
+
         return {
+            "workers": self.workers,
             "busy_s": round(self.busy_s, 4),
             "items": self.items,
             "frames": self.frames,
             "fps": None if fps is None else round(fps, 2),
-            "ms_per_frame": round(1000 * self.busy_s / self.frames, 3) if self.frames else None,
+            "ms_per_frame": per_frame(self.busy_s),
+            "thread_cpu_ms_per_frame": per_frame(self.cpu_s),
             "dropped": self.dropped,
             "max_queued": self.max_queued,
         }
@@ -145,7 +154,8 @@ class Pipeline:
         self._count = count or (lambda item: 1)
         self.stop = stop or threading.Event()
         everything = [self._source, *self._stages]
-        self.stats = {s.name: StageStats(s.name) for s in everything}
+        self.stats = {s.name: StageStats(s.name, s.workers) for s in everything}
+        self._stats_lock = threading.Lock()
         if len(self.stats) != len(everything):
             raise ValueError("stage names must be distinct")
         self._queues = [queue.Queue(s.queue_size) for s in everything]
@@ -226,35 +236,47 @@ class Pipeline:
                         stats.dropped += 1
                     except queue.Empty:
                         pass
-        else:
-            while True:
-                if self.stop.is_set():
-                    return False
-                try:
-                    q.put(item, timeout=_POLL_S)
-                    break
-                except queue.Full:
-                    continue
+        elif not self._wait_put(q, item):
+            return False
         stats.max_queued = max(stats.max_queued, q.qsize())
         return not self.stop.is_set()
 
-    def _record(self, name: str, busy: float, item: Any) -> None:
+    def _wait_put(self, q: queue.Queue, item: Any) -> bool:
+        """Put ``item``, waiting for room; False once the pipeline stops."""
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _record(self, name: str, busy: float, cpu: float, item: Any) -> None:
         stats = self.stats[name]
-        stats.busy_s += busy
-        stats.items += 1
-        stats.frames += self._count(item)
+        with self._stats_lock:
+            stats.busy_s += busy
+            stats.cpu_s += cpu
+            stats.items += 1
+            stats.frames += self._count(item)
+
+    def _apply(self, stage: Stage, item: Any) -> Any:
+        """``stage.fn(item)``, timed (wall and this thread's CPU time) into its stats."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        result = stage.fn(item)
+        self._record(stage.name, time.perf_counter() - t0, time.thread_time() - c0, result)
+        return result
 
     def _run_source(self) -> None:
         stage, out = self._source, self._queues[0]
         iterator = iter(self._iterable)
         try:
             while not self.stop.is_set():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 item = next(iterator, _END)
                 if item is _END:
                     self._put(stage, out, _END)
                     return
-                self._record(stage.name, time.perf_counter() - t0, item)
+                self._record(stage.name, time.perf_counter() - t0, time.thread_time() - c0, item)
                 if not self._put(stage, out, item):
                     return
         except BaseException as exc:
@@ -264,172 +286,58 @@ class Pipeline:
             if close is not None:
                 close()
 
+    def _items(self, stage: Stage, inbox: queue.Queue) -> Iterator[Any]:
+        """The stage's input items, without the stale ones, until the end or a stop."""
+        while (item := self._get(inbox)) is not _END:
+            if stage.stale is not None and stage.stale(item):
+                self.stats[stage.name].dropped += 1
+                continue
+            yield item
+
     def _run_stage(self, stage: Stage, inbox: queue.Queue, out: queue.Queue) -> None:
         try:
-            while (item := self._get(inbox)) is not _END:
-                if stage.stale is not None and stage.stale(item):
-                    self.stats[stage.name].dropped += 1
-                    continue
-                t0 = time.perf_counter()
-                result = stage.fn(item)
-                self._record(stage.name, time.perf_counter() - t0, result)
-                if not self._put(stage, out, result):
-                    return
-            self._put(stage, out, _END)
+            run = self._run_serial if stage.workers == 1 else self._run_workers
+            if run(stage, inbox, out):
+                self._put(stage, out, _END)
         except BaseException as exc:
             self._fail(exc)
 
+    def _run_serial(self, stage: Stage, inbox: queue.Queue, out: queue.Queue) -> bool:
+        """Apply the stage to every item in this thread; False once the pipeline stops."""
+        return all(self._put(stage, out, self._apply(stage, item))
+                   for item in self._items(stage, inbox))  # fmt: skip
 
-# --- segmentation stages ----------------------------------------------------------------------
+    def _run_workers(self, stage: Stage, inbox: queue.Queue, out: queue.Queue) -> bool:
+        """Apply the stage on ``stage.workers`` threads; False once the pipeline stops.
 
+        A feeder thread submits the items (up to ``2 × workers`` in flight) and this thread
+        passes each result on as soon as it and those before it are done.
+        """
+        window: queue.Queue = queue.Queue(2 * stage.workers)
+        with ThreadPoolExecutor(stage.workers, thread_name_prefix=stage.name) as pool:
 
-@dataclass
-class Batch:
-    """Frames travelling through the segmentation stages; each stage fills in its field."""
+            def feed() -> None:
+                try:
+                    for item in self._items(stage, inbox):
+                        if not self._wait_put(window, pool.submit(self._apply, stage, item)):
+                            return
+                    self._wait_put(window, _END)
+                except BaseException as exc:
+                    self._fail(exc)
 
-    frames: list[Frame]
-    released: float = field(default_factory=time.perf_counter)  # when the source let it go
-    inputs: torch.Tensor | None = None  # uint8 NHWC on the predictor's device
-    predictions: list[Prediction] | None = None
-    instruments: list[list[dict[str, Any]]] | None = None  # per frame, JSON-ready
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-
-def batched(frames: Iterable[Frame], size: int) -> Iterator[Batch]:
-    """Group ``frames`` into batches of ``size`` (the last one may be shorter)."""
-    frames = iter(frames)
-    try:
-        while chunk := [f for _, f in zip(range(size), frames, strict=False)]:
-            yield Batch(chunk)
-    finally:
-        close = getattr(frames, "close", None)
-        if close is not None:
-            close()
-
-
-def upload(predictor: Predictor) -> Callable[[Batch], Batch]:
-    """Preprocess stage: stack a batch's frames into one uint8 NHWC tensor on the device
-    (pinned and copied asynchronously on CUDA). Resizing and normalizing run on the device, in
-    the inference stage (``Predictor.predict_torch``)."""
-
-    def run(batch: Batch) -> Batch:
-        inputs = torch.from_numpy(np.stack([f.image for f in batch.frames]))
-        if predictor.device.type == "cuda":
-            inputs = inputs.pin_memory()
-        batch.inputs = inputs.to(predictor.device, non_blocking=True)
-        return batch
-
-    return run
-
-
-def infer(predictor: Predictor) -> Callable[[Batch], Batch]:
-    """Inference stage: labels and confidence for an uploaded batch, back on the CPU."""
-
-    def run(batch: Batch) -> Batch:
-        labels, conf = predictor.predict_torch(batch.inputs)
-        labels, conf = labels.cpu().numpy(), conf.cpu().numpy()
-        batch.inputs = None
-        batch.predictions = [Prediction(m, c) for m, c in zip(labels, conf, strict=True)]
-        return batch
-
-    return run
-
-
-class PoseCues:
-    """Pose-cue stage: instruments of every predicted mask, tracked across frames.
-
-    Args:
-        task: the checkpoint's task.
-        view: "auto" estimates the endoscope's field of view from the first frame; "full"
-            uses the whole frame.
-        min_area, border_band, tip_band: see ``surgseg.cues.find_instruments``.
-        track_max_distance, track_max_missed: see ``surgseg.cues.Tracker``.
-    """
-
-    def __init__(
-        self,
-        *,
-        task: str,
-        view: str = "auto",
-        min_area: int = 50,
-        border_band: float = 3.0,
-        tip_band: float = 2.0,
-        track_max_distance: float = 80.0,
-        track_max_missed: int = 10,
-    ):
-        if view not in ("auto", "full"):
-            raise ConfigError(f"cues view must be 'auto' or 'full', got {view!r}")
-        self.task = task
-        self.auto_view = view == "auto"
-        self.view: np.ndarray | None = None
-        self.params = {"min_area": min_area, "border_band": border_band, "tip_band": tip_band}
-        self.tracker = Tracker(max_distance=track_max_distance, max_missed=track_max_missed)
-
-    def frame(self, image: np.ndarray, prediction: Prediction) -> list[dict[str, Any]]:
-        """The tracked instruments of one frame as JSON-ready dicts."""
-        if self.auto_view and self.view is None:
-            self.view = estimate_view(image)
-        found = find_instruments(prediction.mask, task=self.task,
-                                 confidence=prediction.confidence, view=self.view,
-                                 **self.params)  # fmt: skip
-        return [inst.to_dict() for inst in self.tracker.update(found)]
-
-    def __call__(self, batch: Batch) -> Batch:
-        pairs = zip(batch.frames, batch.predictions, strict=True)
-        batch.instruments = [self.frame(f.image, p) for f, p in pairs]
-        return batch
-
-
-def cue_record(frame: Frame, instruments: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``cues.jsonl`` line of one frame."""
-    return {"index": frame.index, "pts": frame.pts, "time_s": round(frame.time_s, 6),
-            "instruments": instruments}  # fmt: skip
-
-
-class Write:
-    """Sink stage: each frame's mask, cue line and (optionally) overlay frame.
-
-    ``masks``, ``cues`` and ``overlay`` are open ``surgseg.sinks`` writers (any may be None);
-    the caller closes them.
-    """
-
-    def __init__(self, *, masks: Any = None, cues: Any = None, overlay: Any = None):
-        self.masks, self.cues, self.overlay = masks, cues, overlay
-
-    def __call__(self, batch: Batch) -> Batch:
-        for frame, pred, found in zip(batch.frames, batch.predictions, batch.instruments,
-                                      strict=True):  # fmt: skip
-            if self.masks is not None:
-                self.masks.write(frame.index, frame.pts, pred.mask)
-            if self.cues is not None:
-                self.cues.write(cue_record(frame, found))
-            if self.overlay is not None:
-                self.overlay.write(frame.image, pred.mask, found, frame.pts)
-        return batch
-
-
-def segmentation_pipeline(
-    frames: Iterable[Frame],
-    *,
-    predictor: Predictor,
-    cues: PoseCues,
-    write: Write,
-    batch_size: int = 4,
-    queue_size: int = 2,
-    stop: threading.Event | None = None,
-) -> Pipeline:
-    """The offline pipeline: decode → preprocess → inference → cues → write, in batches, with
-    backpressure (nothing dropped). Iterate it for the written batches, in frame order."""
-    return Pipeline(
-        batched(frames, batch_size),
-        [Stage("preprocess", upload(predictor), queue_size),
-         Stage("inference", infer(predictor), queue_size),
-         Stage("cues", cues, queue_size),
-         Stage("write", write, queue_size)],
-        source_name="decode",
-        queue_size=queue_size,
-        count=len,
-        stop=stop,
-    )  # fmt: skip
+            feeder = threading.Thread(target=feed, name=f"{stage.name}_feed", daemon=True)
+            feeder.start()
+            try:
+                while (future := self._get(window)) is not _END:
+                    if not self._put(stage, out, future.result()):
+                        return False
+                return True
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            finally:
+                feeder.join()
+                while not window.empty():
+                    leftover = window.get_nowait()
+                    if leftover is not _END:
+                        leftover.cancel()

@@ -26,7 +26,7 @@ import time
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,10 @@ import numpy as np
 
 from surgseg.decode import Frame, VideoInfo, VideoReader
 from surgseg.errors import ConfigError
-from surgseg.infer import CueOptions
-from surgseg.pipeline import Batch, Pipeline, PoseCues, Stage, infer, upload
+from surgseg.options import CueOptions, Workers
+from surgseg.pipeline import Pipeline, Stage
 from surgseg.predictor import Predictor
+from surgseg.stages import Batch, cue_stages, predict
 
 DROP_POLICIES = ("keep_latest", "drop_new")
 
@@ -49,7 +50,7 @@ class StreamResult:
     pts: int | None
     time_s: float  # the frame's presentation time
     mask: np.ndarray  # (H, W) uint8 class index
-    confidence: np.ndarray  # (H, W) float32
+    confidence: np.ndarray  # (H, W) uint8: probability of the chosen class × 255
     cues: list[dict[str, Any]]  # tracked instruments, as in cues.jsonl
     latency_s: float  # from the frame's release to this result
 
@@ -109,6 +110,7 @@ class LiveStream:
         queue_size: int = 1,
         max_age: float | None = 0.5,
         cues: CueOptions | None = None,
+        workers: Workers | None = None,
         stop: threading.Event | None = None,
     ):
         if drop not in DROP_POLICIES:
@@ -120,6 +122,7 @@ class LiveStream:
         self.queue_size = queue_size
         self.max_age = max_age
         self.cues = cues or CueOptions()
+        self.workers = workers or Workers()
         self.stop = stop or threading.Event()
         self.info: VideoInfo | None = None
         self.latencies = array("d")  # seconds, 8 bytes per emitted frame
@@ -140,19 +143,15 @@ class LiveStream:
 
     def _run(self) -> Iterator[StreamResult]:
         predictor = self.predictor
-        to_device, run_model = upload(predictor), infer(predictor)
-        cues = PoseCues(task=predictor.meta.task, **asdict(self.cues))
         with VideoReader(self.video) as reader:
             self.info = reader.info
             stale = None
             if self.realtime and self.drop == "keep_latest" and self.max_age is not None:
                 stale = _older_than(self.max_age / (self.info.fps or 25.0))
-            # Upload and model share one stage: a second queue before the model would hold
-            # frames the drop policy cannot reach.
             self._pipeline = Pipeline(
                 paced(reader, realtime=self.realtime, stop=self.stop),
-                [Stage("inference", lambda b: run_model(to_device(b)), queue_size=1, stale=stale),
-                 Stage("cues", cues, queue_size=1)],
+                [Stage("segment", predict(predictor), queue_size=1, stale=stale),
+                 *cue_stages(predictor, self.cues, workers=self.workers.locate, queue_size=1)],
                 source_name="decode",
                 queue_size=self.queue_size,
                 drop=self.drop if self.realtime else "block",
@@ -187,7 +186,7 @@ class LiveStream:
     def summary(self) -> dict[str, Any]:
         """Frames released, emitted and dropped; latency percentiles (ms); stage figures."""
         stats = self._pipeline.stats if self._pipeline is not None else {}
-        source, model = stats.get("decode"), stats.get("inference")
+        source, model = stats.get("decode"), stats.get("segment")
         wall = self._wall or (time.perf_counter() - self._started if self._started else 0.0)
         fps = self.info.fps if self.info is not None else None
         return {
@@ -221,6 +220,7 @@ def stream(
     queue_size: int = 1,
     max_age: float | None = 0.5,
     cues: CueOptions | None = None,
+    workers: Workers | None = None,
     stop: threading.Event | None = None,
     **engine_options: Any,
 ) -> LiveStream:
@@ -236,6 +236,7 @@ def stream(
         max_age: with ``keep_latest``, drop a frame that waited longer than this many frame
             intervals for the model (None: never).
         cues: pose-cue and tracking parameters.
+        workers: worker threads of the cue geometry stage.
         stop: set it to end the stream.
 
     Returns a ``LiveStream``: iterate it for ``StreamResult``s, then call ``summary()``.
@@ -247,4 +248,4 @@ def stream(
                                               task=task, input_size=input_size,
                                               **engine_options)  # fmt: skip
     return LiveStream(video, predictor, realtime=realtime, drop=drop, queue_size=queue_size,
-                      max_age=max_age, cues=cues, stop=stop)  # fmt: skip
+                      max_age=max_age, cues=cues, workers=workers, stop=stop)  # fmt: skip

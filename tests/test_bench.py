@@ -6,17 +6,30 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 from surgseg.apps import CONF_DIR
-from surgseg.apps.bench import run
-from surgseg.bench import STAGES, bench, collect, model_flops, random_predictor, write_report
+from surgseg.apps.bench import _standin, run
+from surgseg.bench import (
+    CPU_STAGES,
+    STAGES,
+    StandInPredictor,
+    bench,
+    collect,
+    model_flops,
+    random_predictor,
+    write_report,
+)
+from surgseg.decode import read_frames
+from surgseg.options import OutputOptions, Workers
 from surgseg.predictor import Predictor
 from surgseg.synthetic import write_clip
 
@@ -35,23 +48,45 @@ def clip(tmp_path_factory) -> Path:
 def test_bench_measures_every_stage_and_end_to_end(make_checkpoint, clip, tmp_path):
     predictor = Predictor.from_checkpoint(make_checkpoint())
     result = bench(clip, predictor=predictor, out_dir=tmp_path, batch_size=4, held_frames=6,
-                   masks="ffv1")  # fmt: skip
+                   outputs=OutputOptions(masks="ffv1"), workers=Workers(2, 2))  # fmt: skip
     alone = result["stages_alone"]
-    assert set(alone) == set(STAGES)
+    assert set(STAGES) <= set(alone) and "engine" in alone
     assert alone["decode"]["frames"] == FRAMES
     assert all(alone[s]["frames"] == 6 for s in STAGES[1:])
-    assert all(alone[s]["fps"] > 0 for s in STAGES)
-    slowest = min(STAGES, key=lambda s: alone[s]["fps"])
-    assert result["slowest_stage"] == slowest
+    assert all(alone[s]["fps"] > 0 and alone[s]["core_ms_per_frame"] >= 0 for s in STAGES)
+    assert alone["locate"]["workers"] == alone["render"]["workers"] == 2
+    assert alone["device"]["stages"]["segment"]["frames"] == 6
     e2e = result["end_to_end"]
     assert e2e["frames"] == FRAMES
     assert e2e["stages"]["write"]["frames"] == FRAMES and e2e["stages"]["decode"]["items"] == 3
-    assert result["end_to_end_vs_slowest"] == pytest.approx(e2e["fps"] / alone[slowest]["fps"],
-                                                            rel=1e-2)  # fmt: skip
+    bound = result["bound"]
+    core_ms = sum(alone[s]["core_ms_per_frame"] for s in ("device", *CPU_STAGES))
+    assert bound["core_ms_per_frame"] == pytest.approx(core_ms, abs=1e-2)
+    cpu = bound["cores"] * 1000 / core_ms
+    assert bound["fps"] == pytest.approx(min(cpu, alone["device"]["fps"]), rel=1e-2)
+    assert result["end_to_end_vs_bound"] == pytest.approx(e2e["fps"] / bound["fps"], rel=1e-2)
     assert e2e["peak_rss_mb"] > 50 and e2e["gpu_util_percent"] is None
     assert e2e["latency_ms"]["p99"] >= e2e["latency_ms"]["p50"] > 0
-    assert result["compute"]["gflops_per_frame"] > 0 and result["compute"]["times_floor"] > 0
+    assert result["compute"]["gflops_per_frame"] > 0 and result["compute"]["percent_of_roof"] > 0
     assert not (tmp_path / "scratch").exists()
+
+
+def test_stand_in_delivers_its_predictions_at_its_rate(make_checkpoint, clip, tmp_path):
+    model = Predictor.from_checkpoint(make_checkpoint("parts"))
+    frames = [f.image for f in read_frames(clip)]
+    truth = model.predict(frames)
+    standin = StandInPredictor(truth, model.meta, fps=100.0)
+    t0 = time.perf_counter()
+    got = standin.download(standin.launch(standin.upload(frames[:5])))
+    got += standin.predict(frames[5:])
+    assert time.perf_counter() - t0 >= FRAMES / 100.0 * 0.95
+    for a, b in zip(got, truth, strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+    result = bench(clip, predictor=standin, out_dir=tmp_path, batch_size=2, held_frames=6,
+                   flops=False)  # fmt: skip
+    assert result["stages_alone"]["device"]["fps"] <= 100.0 * 1.02
+    assert result["end_to_end"]["fps"] <= 100.0 * 1.02
+    assert result["model"]["engine"] == "stand-in" and "compute" not in result
 
 
 def test_flops_on_meta_match_a_real_forward(make_checkpoint):
@@ -91,6 +126,7 @@ def test_app_runs_into_its_folder_and_rebuilds_the_report(tmp_path):
     assert [label for label, _ in runs] == ["batch_size=1", "batch_size=2"]
     table = (tmp_path / "bench.md").read_text()
     assert "| batch_size=1 |" in table and "| batch_size=2 |" in table
+    assert "core-ms" in table
     image = cv2.imread(str(tmp_path / "bench.png"))
     assert image is not None and image.shape[0] > 100
 
@@ -108,3 +144,20 @@ def test_hydra_multirun_sweep(tmp_path):
     assert labels == ["batch_size=1,input_size=[32,40]", "batch_size=2,input_size=[32,40]"]
     assert json.loads((tmp_path / labels[1] / "bench.json").read_text())["batch_size"] == 2
     assert (tmp_path / "bench.png").is_file()
+
+
+def test_app_takes_the_checkpoints_task_and_a_stand_in(make_checkpoint, tmp_path):
+    parts = make_checkpoint("parts")  # the config's task stays binary
+    result = run(_compose([f"output_dir={tmp_path}", f"run_dir={tmp_path}/ckpt", *SMALL,
+                           f"checkpoint={parts}"]))  # fmt: skip
+    assert result["model"]["task"] == "parts"
+    result = run(_compose([f"output_dir={tmp_path}", f"run_dir={tmp_path}/standin", *SMALL,
+                           "task=parts", "standin_fps=400"]))  # fmt: skip
+    assert result["model"]["engine"] == "stand-in"
+    assert result["stages_alone"]["device"]["fps"] <= 400 * 1.02
+    cfg = _compose([f"output_dir={tmp_path}", *SMALL, "task=parts", "standin_fps=400"])
+    video = tmp_path / "clips" / "80x64_8f_25fps_s0" / "video.mp4"
+    standin = _standin(cfg, video, Predictor.from_checkpoint(parts))
+    with np.load(video.parent / "masks.npz") as truth:  # the clip's ground truth, delivered
+        np.testing.assert_array_equal(np.stack([p.mask for p in standin.predictions]),
+                                      truth["parts"])  # fmt: skip

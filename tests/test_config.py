@@ -1,5 +1,6 @@
 """Every primary config composes, and every option of every group builds what it describes."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -8,12 +9,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from surgseg.apps import CONF_DIR
+from surgseg.apps import CONF_DIR, dataclass_from
 from surgseg.augment import build_transform, instantiate_ops
 from surgseg.engines import create_engine
 from surgseg.errors import ConfigError
-from surgseg.infer import CueOptions
 from surgseg.model import build_model
+from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.synthetic import SyntheticSurgery
 
 APPS = ["train", "infer", "demo", "eval", "export", "stream", "bench"]
@@ -85,10 +86,25 @@ def test_engine_options_build_or_fail_clearly(option, make_checkpoint):
     assert tuple(logits.shape) == (1, 2, 64, 80)
 
 
-@pytest.mark.parametrize("option", _options("cues"))
-def test_cues_options_fill_cue_options(option):
-    cues = CueOptions(**_compose("infer", [f"cues={option}"]).cues)
-    assert cues.min_area > 0 and cues.view in {"auto", "full"}
+@pytest.mark.parametrize(("group", "cls"), [("cues", CueOptions), ("outputs", OutputOptions),
+                                            ("workers", Workers)])  # fmt: skip
+def test_option_groups_are_their_dataclasses(group, cls):
+    """One copy of each default: the config group is the dataclass registered with Hydra."""
+    for app in ("infer", "stream", "bench"):
+        cfg = _compose(app)
+        if group in cfg:
+            assert OmegaConf.to_container(cfg[group]) == {f.name: f.default for f in fields(cls)}
+    assert dataclass_from(cls, _compose("bench")[group], group) == cls()
+
+
+def test_option_values_are_checked():
+    with pytest.raises(ConfigError, match=r"cues\.view"):
+        dataclass_from(CueOptions, _compose("infer", ["cues.view=left"]).cues, "cues")
+    with pytest.raises(ConfigError, match=r"outputs\.masks"):
+        dataclass_from(OutputOptions, _compose("infer", ["outputs.masks=jpeg"]).outputs, "outputs")
+    with pytest.raises(ConfigError, match=r"workers\.render"):
+        dataclass_from(Workers, _compose("infer", ["workers.render=0"]).workers, "workers")
+    assert _compose("infer", ["outputs.masks=null"]).outputs.masks is None
 
 
 @pytest.mark.parametrize("option", _options("synthetic"))
@@ -100,7 +116,7 @@ def test_synthetic_options_render(option):
 
 
 def test_groups_are_all_covered():
-    assert set(GROUPS) == {"augment", "cues", "data", "engine", "model", "optim", "synthetic"}
+    assert set(GROUPS) == {"augment", "data", "engine", "model", "optim", "synthetic"}
 
 
 @pytest.mark.parametrize("option", _options("experiment"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from surgseg.pipeline import Pipeline, Stage
 
 
 def _no_stage_threads() -> bool:
-    return not any(t.name in {"source", "a", "b", "slow", "boom"} for t in threading.enumerate())
+    names = {"source", "a", "b", "slow", "boom", "pool"}
+    return not any(t.name.split("_")[0] in names for t in threading.enumerate())
 
 
 def test_results_come_out_in_source_order_with_random_delays():
@@ -153,7 +155,78 @@ def test_closing_the_iterator_early_stops_all_threads():
     assert _no_stage_threads()
 
 
+def test_workers_keep_source_order_and_run_at_once():
+    rng = random.Random(1)
+    delays = [rng.uniform(0, 0.01) for _ in range(80)]
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def jitter(item):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(delays[item])
+        with lock:
+            running[0] -= 1
+        return item
+
+    pipe = Pipeline(range(80), [Stage("pool", jitter, workers=4), Stage("a", lambda x: x)])
+    assert list(pipe) == list(range(80))
+    stats = pipe.stats["pool"]
+    assert stats.items == 80 and stats.workers == 4 and peak[0] == 4
+    assert stats.busy_s >= sum(delays) * 0.9  # busy time of all workers together
+    assert _no_stage_threads()
+
+
+def test_a_worker_result_leaves_without_waiting_for_the_next_item():
+    """A live source: each result must come out when ready, not when the next item arrives."""
+
+    def slow_source():
+        for i in range(3):
+            yield i
+            time.sleep(0.5)
+
+    t0 = time.perf_counter()
+    arrivals = [time.perf_counter() - t0 for _ in Pipeline(slow_source(),
+                                                           [Stage("pool", abs, workers=2)])]
+    assert len(arrivals) == 3 and arrivals[0] < 0.25 and arrivals[1] < 0.75  # fmt: skip
+
+
+def test_an_exception_inside_a_worker_reaches_the_caller_and_stops_all():
+    def fail_at_17(item):
+        time.sleep(0.001)
+        if item == 17:
+            raise ValueError("bad item 17")
+        return item
+
+    pipe = Pipeline(iter(range(10**9)), [Stage("pool", fail_at_17, workers=3)])
+    seen = []
+    with pytest.raises(ValueError, match="bad item 17"):
+        for item in pipe:
+            seen.append(item)
+    assert seen == list(range(len(seen))) and len(seen) <= 17
+    assert _no_stage_threads()
+
+
+@pytest.mark.parametrize("how", ["stop", "ctrl_c"])
+def test_stop_and_ctrl_c_with_workers_running(how):
+    stop = threading.Event()
+    slow = Stage("pool", lambda x: time.sleep(0.005) or x, workers=3)
+    pipe = Pipeline(iter(range(10**9)), [slow], stop=stop)
+    seen = []
+    with pytest.raises(KeyboardInterrupt) if how == "ctrl_c" else nullcontext():
+        for item in pipe:
+            seen.append(item)
+            if item == 12:
+                if how == "ctrl_c":
+                    raise KeyboardInterrupt
+                stop.set()
+    assert seen[:13] == list(range(13))
+    assert _no_stage_threads()
+
+
 def test_stage_validation():
+    with pytest.raises(ValueError, match="workers"):
+        Stage("a", abs, workers=0)
     with pytest.raises(ValueError, match="drop"):
         Stage("a", abs, drop="newest")
     with pytest.raises(ValueError, match="distinct"):
@@ -163,13 +236,15 @@ def test_stage_validation():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graphs_capture_inside_the_threaded_pipeline(make_checkpoint):
-    """The graph is captured in the inference thread while the upload thread pins memory and
-    copies; the short last batch (7 frames in batches of 3) replays the graph padded."""
+    """The graph is captured in the segment thread while the upload thread pins memory and
+    copies; the short last batch (7 frames in batches of 3) replays the graph padded; pinned
+    host buffers are reused from torch's cache, not allocated per batch."""
     from _engine_utils import sharpen_checkpoint
 
     from surgseg.decode import Frame
-    from surgseg.pipeline import PoseCues, Write, segmentation_pipeline
+    from surgseg.options import CueOptions
     from surgseg.predictor import Predictor
+    from surgseg.stages import segmentation_pipeline
 
     ckpt = sharpen_checkpoint(make_checkpoint("parts"))
     rng = np.random.default_rng(0)
@@ -177,12 +252,17 @@ def test_cuda_graphs_capture_inside_the_threaded_pipeline(make_checkpoint):
               for i in range(7)]  # fmt: skip
     ref = Predictor.from_checkpoint(ckpt, device="cuda").predict([f.image for f in frames])
     graphs = Predictor.from_checkpoint(ckpt, device="cuda", cuda_graphs=True)
-    for _ in range(2):  # a second video replays the graphs captured by the first
-        pipe = segmentation_pipeline(iter(frames), predictor=graphs,
-                                     cues=PoseCues(task="parts", view="full"), write=Write(),
-                                     batch_size=3)  # fmt: skip
-        masks = [p.mask for batch in pipe for p in batch.predictions]
-        assert len(masks) == 7
-        agree = np.mean([(m == r.mask).mean() for m, r in zip(masks, ref, strict=True)])
+    allocations = []
+    for _ in range(3):  # later videos replay the graph captured by the first
+        pipe = segmentation_pipeline(iter(frames), predictor=graphs, outputs=None,
+                                     cues=CueOptions(view="full"), batch_size=3)  # fmt: skip
+        predictions = [p for batch in pipe for p in batch.predictions]
+        assert len(predictions) == 7
+        agree = np.mean([(p.mask == r.mask).mean() for p, r in zip(predictions, ref, strict=True)])
         assert agree >= 0.995
+        conf = np.mean([np.abs(p.confidence.astype(int) - r.confidence).mean()
+                        for p, r in zip(predictions, ref, strict=True)])  # fmt: skip
+        assert conf <= 1.0
+        allocations.append(torch.cuda.host_memory_stats()["num_host_alloc"])
     assert len(graphs.engine._graphs) == 1
+    assert allocations[2] == allocations[1]  # the third video allocated no pinned memory

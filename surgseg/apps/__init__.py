@@ -13,10 +13,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from surgseg.errors import ConfigError, SurgsegError
+from surgseg.options import CueOptions, OutputOptions, Workers
 
 T = TypeVar("T")
 
@@ -30,6 +32,16 @@ def _config_dir() -> str:
 
 
 CONF_DIR = _config_dir()
+
+
+def _register_option_groups() -> None:
+    """The config groups whose defaults live in ``surgseg.options`` (one copy of each)."""
+    store = ConfigStore.instance()
+    for group, node in (("cues", CueOptions), ("outputs", OutputOptions), ("workers", Workers)):
+        store.store(group=group, name="default", node=node)
+
+
+_register_option_groups()
 
 
 def cli_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

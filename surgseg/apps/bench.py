@@ -7,16 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
 from surgseg.apps.infer import build_predictor
 from surgseg.atomic import write_json
-from surgseg.bench import bench, random_predictor, write_report
+from surgseg.bench import StandInPredictor, bench, random_predictor, write_report
+from surgseg.decode import read_frames
 from surgseg.errors import ConfigError
-from surgseg.infer import CueOptions
-from surgseg.predictor import Predictor
+from surgseg.options import CueOptions, OutputOptions, Workers
+from surgseg.predictor import Prediction, Predictor
 from surgseg.synthetic import write_clip
 
 
@@ -34,8 +36,10 @@ def _video(cfg: DictConfig) -> Path:
 
 
 def _predictor(cfg: DictConfig) -> Predictor:
+    """The checkpoint's predictor (its own task), or the ``model`` config's with random
+    weights."""
     if cfg.checkpoint:
-        return build_predictor(cfg)
+        return build_predictor(cfg, task=None)
     if not cfg.input_size:
         raise ConfigError("input_size is needed when no checkpoint is given")
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
@@ -44,16 +48,42 @@ def _predictor(cfg: DictConfig) -> Predictor:
                             device=cfg.device, seed=cfg.seed, **engine)  # fmt: skip
 
 
+def _standin(cfg: DictConfig, video: Path, model: Predictor) -> StandInPredictor:
+    """A stand-in at ``cfg.standin_fps`` delivering the synthetic clip's ground truth, or
+    for another video, ``model``'s predictions of its first ``held_frames`` frames."""
+    task = model.meta.task
+    truth = video.parent / "masks.npz"
+    if not cfg.input and truth.is_file():
+        with np.load(truth) as masks:
+            labels = masks["types" if task == "types" else "parts"]
+        if task == "binary":
+            labels = (labels > 0).astype(np.uint8)
+        confidence = np.full(labels.shape[1:], 230, np.uint8)
+        predictions = [Prediction(m, confidence) for m in labels]
+    else:
+        frames = [f.image for _, f in zip(range(cfg.held_frames), read_frames(video),
+                                          strict=False)]  # fmt: skip
+        predictions = [p for i in range(0, len(frames), cfg.batch_size)
+                       for p in model.predict(frames[i : i + cfg.batch_size])]  # fmt: skip
+    return StandInPredictor(predictions, model.meta, fps=float(cfg.standin_fps))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Benchmark one configuration into ``cfg.run_dir``/bench.json; rebuild the sweep's report."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
+    outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
+    workers = dataclass_from(Workers, cfg.workers, "workers")
     run_dir = Path(cfg.run_dir)
-    result = bench(_video(cfg), predictor=_predictor(cfg), out_dir=run_dir,
-                   batch_size=cfg.batch_size, max_frames=cfg.max_frames,
-                   held_frames=cfg.held_frames, queue_size=cfg.queue_size, masks=cfg.masks,
-                   overlay=cfg.overlay, cues=cues, flops=cfg.flops)  # fmt: skip
+    video = _video(cfg)
+    predictor = _predictor(cfg)
+    if cfg.standin_fps is not None:
+        predictor = _standin(cfg, video, predictor)
+    result = bench(video, predictor=predictor, out_dir=run_dir, batch_size=cfg.batch_size,
+                   max_frames=cfg.max_frames, held_frames=cfg.held_frames,
+                   queue_size=cfg.queue_size, outputs=outputs, cues=cues, workers=workers,
+                   flops=cfg.flops)  # fmt: skip
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
     result["config"] = config
@@ -66,12 +96,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @cli_errors("surgseg-bench")
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
-    slowest = result["slowest_stage"]
+    bound = result["bound"]
     print(
-        f"surgseg-bench: end to end {result['end_to_end']['fps']} fps; slowest stage alone: "
-        f"{slowest} {result['stages_alone'][slowest]['fps']} fps "
-        f"(ratio {result['end_to_end_vs_slowest']}); {cfg.run_dir}/bench.json, "
-        f"{cfg.output_dir}/bench.md"
+        f"surgseg-bench: end to end {result['end_to_end']['fps']} fps; bound {bound['fps']} fps "
+        f"({bound['limited_by']}; ratio {result['end_to_end_vs_bound']}); "
+        f"{cfg.run_dir}/bench.json, {cfg.output_dir}/bench.md"
     )
 
 

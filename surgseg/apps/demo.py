@@ -16,7 +16,8 @@ from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
 from surgseg.apps import infer as infer_app
 from surgseg.apps import train as train_app
 from surgseg.demo import evaluate_run, format_number, save_overlay_still, write_report
-from surgseg.infer import CueOptions, OutputOptions, process_video
+from surgseg.infer import process_video
+from surgseg.options import CueOptions, OutputOptions
 from surgseg.synthetic import load_clip, write_clip
 
 # Seeds of the held-out and validation clips; training clips use 1, 2, 3, …
@@ -97,7 +98,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     outputs = dataclass_from(OutputOptions, infer_cfg.outputs, "outputs")
     run_record = process_video(
         heldout / "video.mp4",
-        predictor=infer_app.build_predictor(infer_cfg),
+        predictor=infer_app.build_predictor(infer_cfg, task=infer_cfg.task),
         out_dir=out / "heldout",
         outputs=outputs,
         cues=cues,

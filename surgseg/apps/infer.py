@@ -9,20 +9,21 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
-from surgseg.errors import ConfigError
-from surgseg.infer import CueOptions, InferSummary, OutputOptions, process_inputs
+from surgseg.infer import InferSummary, process_inputs
+from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
 
 
-def build_predictor(cfg: DictConfig) -> Predictor:
-    """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``."""
+def build_predictor(cfg: DictConfig, *, task: str | None) -> Predictor:
+    """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``; with a
+    ``task``, the checkpoint must have been trained for it."""
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
     size = tuple(cfg.input_size) if cfg.input_size else None
     return Predictor.from_checkpoint(
         cfg.checkpoint,
         engine=engine.pop("name"),
         device=cfg.device,
-        task=cfg.task,
+        task=task,
         input_size=size,
         **engine,
     )
@@ -31,10 +32,9 @@ def build_predictor(cfg: DictConfig) -> Predictor:
 def run(cfg: DictConfig) -> InferSummary:
     """Process ``cfg.input`` into ``cfg.output_dir``."""
     outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
-    if outputs.masks not in ("png", "ffv1"):
-        raise ConfigError(f"outputs.masks must be 'png' or 'ffv1', got {outputs.masks!r}")
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
-    predictor = build_predictor(cfg)
+    workers = dataclass_from(Workers, cfg.workers, "workers")
+    predictor = build_predictor(cfg, task=cfg.task)
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -46,6 +46,7 @@ def run(cfg: DictConfig) -> InferSummary:
         outputs=outputs,
         cues=cues,
         batch_size=cfg.batch_size,
+        workers=workers,
         progress=cfg.progress,
         record=record,
     )

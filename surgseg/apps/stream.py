@@ -19,8 +19,9 @@ from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
 from surgseg.apps.infer import build_predictor
 from surgseg.atomic import write_json
 from surgseg.errors import ConfigError
-from surgseg.infer import CueOptions
-from surgseg.sinks import MASK_FORMATS, CuesWriter, open_mask_writer
+from surgseg.options import MASK_FORMATS, CueOptions, OutputOptions, Workers
+from surgseg.sinks import CuesWriter
+from surgseg.stages import open_outputs
 from surgseg.stream import LiveStream, stream
 
 
@@ -74,9 +75,12 @@ def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
                 cues_file.write(record)
             if masks_fmt is not None:
                 if masks is None:
-                    masks = open_mask_writer(masks_fmt, masks_dir, **live.info.writer_format())
+                    masks = open_outputs(masks_dir, info=live.info, cues=False,
+                                         options=OutputOptions(masks=masks_fmt, overlay=False),
+                                         num_classes=live.predictor.meta.num_classes)  # fmt: skip
                 # masks.mkv holds the emitted frames in order, each at its frame's pts
-                masks.write(result.index if masks_fmt == "png" else n, result.pts, result.mask)
+                index = result.index if masks_fmt == "png" else n
+                masks.masks.write(index, result.pts, result.mask)
     except KeyboardInterrupt:
         live.close()
     except BaseException:
@@ -95,9 +99,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     output, summary_path, masks_dir = _paths(cfg)
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
-    live = stream(cfg.input, predictor=build_predictor(cfg), realtime=cfg.realtime,
-                  drop=cfg.drop, queue_size=cfg.queue_size, max_age=cfg.max_age,
-                  cues=cues)  # fmt: skip
+    workers = dataclass_from(Workers, cfg.workers, "workers")
+    predictor = build_predictor(cfg, task=cfg.task)
+    live = stream(cfg.input, predictor=predictor, realtime=cfg.realtime, drop=cfg.drop,
+                  queue_size=cfg.queue_size, max_age=cfg.max_age, cues=cues,
+                  workers=workers)  # fmt: skip
     cues_file = CuesWriter(output) if output is not None else None
     try:
         with _ctrl_c_stops(live.stop):

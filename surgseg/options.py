@@ -1,0 +1,68 @@
+"""The options of the segmentation stages, defined once: the apps' config groups ``cues``,
+``outputs`` and ``workers`` are these dataclasses (registered with Hydra in
+``surgseg.apps``), and the stages take them as plain typed arguments.
+
+This module imports nothing heavy, so that every command's start-up stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from surgseg.errors import ConfigError
+
+MASK_FORMATS = ("png", "ffv1")
+
+
+VIEWS = ("auto", "full")
+
+
+@dataclass
+class CueOptions:
+    """Pose cues of each predicted mask (``surgseg.cues.find_instruments``; definitions in the
+    README) and instrument tracking across frames (``surgseg.tracking.Tracker``)."""
+
+    min_area: int = 50  # pixels; smaller components are not instruments
+    border_band: float = 3.0  # pixels; instrument pixels this close to the view edge: its entry
+    tip_band: float = 2.0  # pixels; the tip averages the pixels this close to the farthest
+    track_max_distance: float = 80.0  # pixels; matching-cost gate between track and instrument
+    track_max_missed: int = 10  # frames a track survives without a match
+    view: str = "auto"  # auto: field of view estimated from the first frame; full: whole frame
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ConfigError(f"cues.view must be one of {VIEWS}, got {self.view!r}")
+
+
+@dataclass
+class OutputOptions:
+    """What to write for each video."""
+
+    masks: str | None = "png"  # png: masks/000123.png per frame; ffv1: one masks.mkv; null: none
+    overlay: bool = True  # overlay.mp4: masks, axis, entry and tip drawn on the frames
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and self.masks not in MASK_FORMATS:
+            raise ConfigError(f"outputs.masks must be one of {MASK_FORMATS}, got {self.masks!r}")
+
+
+def resolve_workers(value: int | str, *, key: str = "workers") -> int:
+    """Worker threads for a (k) stage: ``auto`` is half the CPU count, between 2 and 8."""
+    if value == "auto":
+        return min(8, max(2, (os.cpu_count() or 2) // 2))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+@dataclass
+class Workers:
+    """Worker threads of the stateless per-frame stages: a positive integer or ``auto``."""
+
+    locate: int | str = "auto"  # cue geometry of each mask
+    render: int | str = "auto"  # PNG encoding and overlay drawing
+
+    def __post_init__(self) -> None:
+        self.locate = resolve_workers(self.locate, key="workers.locate")
+        self.render = resolve_workers(self.render, key="workers.render")

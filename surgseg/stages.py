@@ -1,0 +1,310 @@
+"""The segmentation stages, their options, and the one place a run's outputs are opened.
+
+Offline processing (``surgseg.infer``), live streaming (``surgseg.stream``) and the benchmark
+(``surgseg.bench``) are all built from these stages on the generic ``surgseg.pipeline``::
+
+    decode ─▶ upload ─▶ segment ─▶ download ─▶ locate ─▶ track ─▶ render ─▶ write
+    PyAV      frames    pre-process, engine,  results   cue        ids      PNG bytes,  files,
+    (source)  to the    upsample, argmax      to host   geometry   across   overlay     muxers
+              device    (GPU, async)          (1 sync)  (k)        frames   frame (k)
+
+Stages marked (k) are stateless per frame and run on ``workers`` threads with results put
+back in frame order (OpenCV and NumPy release the GIL for the heavy work); the tracker and
+the muxers are stateful and run in one thread each. Frames travel in ``Batch``es of
+``batch_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from surgseg.atomic import Output, atomic_path
+from surgseg.cues import Instrument, estimate_view, find_instruments
+from surgseg.decode import Frame, VideoInfo
+from surgseg.errors import ConfigError
+from surgseg.options import CueOptions, OutputOptions, Workers
+from surgseg.pipeline import Pipeline, Stage
+from surgseg.predictor import Pending, Prediction, Predictor, Uploaded
+from surgseg.sinks import (
+    CuesWriter,
+    OverlayWriter,
+    PngMaskWriter,
+    open_mask_writer,
+)
+from surgseg.tasks import palette
+from surgseg.tracking import Tracker
+
+
+@dataclass
+class Rendered:
+    """One frame's outputs, encoded and ready to be written in order."""
+
+    png: bytes | None = None
+    overlay: np.ndarray | None = None
+    cue_line: str = ""
+
+
+@dataclass
+class Batch:
+    """Frames travelling through the stages; each stage fills in its field."""
+
+    frames: list[Frame]
+    released: float = field(default_factory=time.perf_counter)  # when the source let it go
+    uploaded: Uploaded | None = None
+    pending: Pending | None = None
+    predictions: list[Prediction] | None = None
+    found: list[list[Instrument]] | None = None  # per frame, untracked
+    instruments: list[list[dict[str, Any]]] | None = None  # per frame, tracked, JSON-ready
+    rendered: list[Rendered] | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def batched(frames: Iterable[Frame], size: int) -> Iterator[Batch]:
+    """Group ``frames`` into batches of ``size`` (the last one may be shorter)."""
+    if size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {size}")
+    frames = iter(frames)
+    try:
+        while chunk := [f for _, f in zip(range(size), frames, strict=False)]:
+            yield Batch(chunk)
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def cue_record(frame: Frame, instruments: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``cues.jsonl`` line of one frame."""
+    return {"index": frame.index, "pts": frame.pts, "time_s": round(frame.time_s, 6),
+            "instruments": instruments}  # fmt: skip
+
+
+# --- device stages -----------------------------------------------------------------------------
+
+
+def predict(predictor: Predictor) -> Callable[[Batch], Batch]:
+    """Upload, segment and download in one step: a live feed's single model stage, where a
+    queue between the steps would hold frames its drop policy cannot reach."""
+
+    def run(batch: Batch) -> Batch:
+        uploaded = predictor.upload([f.image for f in batch.frames])
+        batch.predictions = predictor.download(predictor.launch(uploaded))
+        return batch
+
+    return run
+
+
+def upload(predictor: Predictor) -> Stage:
+    """Stack a batch's frames in pinned memory and start the copy to the device."""
+
+    def run(batch: Batch) -> Batch:
+        batch.uploaded = predictor.upload([f.image for f in batch.frames])
+        return batch
+
+    return Stage("upload", run)
+
+
+def segment(predictor: Predictor) -> Stage:
+    """Queue pre-processing, the engine and post-processing of an uploaded batch."""
+
+    def run(batch: Batch) -> Batch:
+        batch.pending = predictor.launch(batch.uploaded)
+        batch.uploaded = None
+        return batch
+
+    return Stage("segment", run)
+
+
+def download(predictor: Predictor) -> Stage:
+    """Wait for a batch's uint8 masks and confidence on the host."""
+
+    def run(batch: Batch) -> Batch:
+        batch.predictions = predictor.download(batch.pending)
+        batch.pending = None
+        return batch
+
+    return Stage("download", run)
+
+
+# --- pose cues ---------------------------------------------------------------------------------
+
+
+class Locate:
+    """Cue geometry of every frame of a batch: stateless but for the view, estimated once per
+    video from its first frame (``view="auto"``), so it may run on several threads."""
+
+    def __init__(self, *, task: str, options: CueOptions):
+        self.task = task
+        self.options = options
+        self.view: np.ndarray | None = None
+        self._view_lock = threading.Lock()
+        self._view_known = options.view == "full"
+
+    def _view(self, image: np.ndarray) -> np.ndarray | None:
+        if not self._view_known:
+            with self._view_lock:
+                if not self._view_known:
+                    self.view = estimate_view(image)
+                    self._view_known = True
+        return self.view
+
+    def __call__(self, batch: Batch) -> Batch:
+        o = self.options
+        view = self._view(batch.frames[0].image)
+        params = {"min_area": o.min_area, "border_band": o.border_band, "tip_band": o.tip_band}
+        batch.found = [find_instruments(p.mask, task=self.task, confidence=p.confidence,
+                                        view=view, **params)
+                       for p in batch.predictions]  # fmt: skip
+        return batch
+
+
+class Track:
+    """Stable instrument ids across frames (sequential: one tracker per video)."""
+
+    def __init__(self, options: CueOptions):
+        self.tracker = Tracker(max_distance=options.track_max_distance,
+                               max_missed=options.track_max_missed)  # fmt: skip
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch.instruments = [[inst.to_dict() for inst in self.tracker.update(found)]
+                             for found in batch.found]  # fmt: skip
+        batch.found = None
+        return batch
+
+
+def cue_stages(predictor: Predictor, options: CueOptions, *, workers: int,
+               queue_size: int = 2) -> list[Stage]:  # fmt: skip
+    """The locate (k workers) and track stages."""
+    locate = Locate(task=predictor.meta.task, options=options)
+    return [Stage("locate", locate, queue_size, workers=workers),
+            Stage("track", Track(options), queue_size)]  # fmt: skip
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+class Outputs(Output):
+    """A run's open outputs: masks (PNG files or FFV1 video), ``cues.jsonl``, overlay video.
+
+    ``render`` is the stateless part (thread-safe): PNG encoding, overlay drawing, the cue
+    line. ``write`` is the sequential part: files and muxers, in frame order. ``close``
+    finishes every output; ``abort`` drops what is not finished.
+    """
+
+    def __init__(self, *, masks: Any = None, cues: CuesWriter | None = None,
+                 overlay: OverlayWriter | None = None):  # fmt: skip
+        self.masks, self.cues, self.overlay = masks, cues, overlay
+
+    def render(self, frame: Frame, prediction: Prediction,
+               instruments: list[dict[str, Any]]) -> Rendered:  # fmt: skip
+        """Encode one frame's outputs (any thread)."""
+        out = Rendered(cue_line=json.dumps(cue_record(frame, instruments)))
+        if isinstance(self.masks, PngMaskWriter):
+            out.png = cv2.imencode(".png", prediction.mask)[1].tobytes()
+        return out
+
+    def write(self, frame: Frame, prediction: Prediction, rendered: Rendered) -> None:
+        """Write one frame's rendered outputs (one thread, frame order)."""
+        if rendered.png is not None:
+            with atomic_path(self.masks.dir / f"{frame.index:06d}.png") as tmp:
+                tmp.write_bytes(rendered.png)
+        elif self.masks is not None:
+            self.masks.write(frame.index, frame.pts, prediction.mask)
+        if self.cues is not None:
+            self.cues.write(json.loads(rendered.cue_line))
+        if self.overlay is not None:
+            self.overlay.write(frame.image, prediction.mask, json.loads(rendered.cue_line)[
+                "instruments"], frame.pts)
+
+    def _each(self) -> list[Output]:
+        return [o for o in (self.masks, self.cues, self.overlay) if o is not None]
+
+    def close(self) -> None:
+        for output in self._each():
+            output.close()
+
+    def abort(self) -> None:
+        for output in self._each():
+            output.abort()
+
+
+def open_outputs(
+    out_dir: str | Path,
+    *,
+    info: VideoInfo,
+    options: OutputOptions,
+    num_classes: int,
+    cues: bool = True,
+) -> Outputs:
+    """Open a run's outputs in ``out_dir`` for a video described by ``info``: ``masks/`` or
+    ``masks.mkv``, ``cues.jsonl`` (unless ``cues`` is False) and ``overlay.mp4``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fmt = info.writer_format()
+    outputs = Outputs()
+    try:
+        if options.masks is not None:
+            outputs.masks = open_mask_writer(options.masks, out_dir, **fmt)
+        if cues:
+            outputs.cues = CuesWriter(out_dir / "cues.jsonl")
+        if options.overlay:
+            outputs.overlay = OverlayWriter(out_dir / "overlay.mp4", palette=palette(num_classes),
+                                            **fmt)  # fmt: skip
+    except BaseException:
+        outputs.abort()
+        raise
+    return outputs
+
+
+def write_stages(outputs: Outputs, *, workers: int) -> list[Stage]:
+    """The render (k workers) and write stages of ``outputs``."""
+
+    def render(batch: Batch) -> Batch:
+        batch.rendered = [outputs.render(f, p, i) for f, p, i in
+                          zip(batch.frames, batch.predictions, batch.instruments, strict=True)]
+        return batch  # fmt: skip
+
+    def write(batch: Batch) -> Batch:
+        for f, p, r in zip(batch.frames, batch.predictions, batch.rendered, strict=True):
+            outputs.write(f, p, r)
+        batch.rendered = None
+        return batch
+
+    return [Stage("render", render, workers=workers), Stage("write", write)]
+
+
+def segmentation_pipeline(
+    frames: Iterable[Frame],
+    *,
+    predictor: Predictor,
+    cues: CueOptions,
+    outputs: Outputs | None,
+    batch_size: int = 4,
+    workers: Workers | None = None,
+    queue_size: int = 2,
+    stop: threading.Event | None = None,
+) -> Pipeline:
+    """The offline pipeline over ``frames``: every stage, with backpressure (nothing
+    dropped). Iterate it for the written batches, in frame order; ``outputs`` None stops
+    after the track stage."""
+    workers = workers or Workers()
+    stages = [upload(predictor), segment(predictor), download(predictor),
+              *cue_stages(predictor, cues, workers=workers.locate)]  # fmt: skip
+    if outputs is not None:
+        stages += write_stages(outputs, workers=workers.render)
+    for stage in stages:
+        stage.queue_size = queue_size
+    return Pipeline(batched(frames, batch_size), stages, source_name="decode",
+                    queue_size=queue_size, count=len, stop=stop)  # fmt: skip
+
