@@ -1,11 +1,25 @@
-"""surgseg: surgical instrument segmentation and pose cues for endoscopic video."""
+"""surgseg: surgical instrument segmentation and pose cues for endoscopic video.
 
-from surgseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from surgseg.model import build_model
-from surgseg.predictor import Prediction, Predictor
-from surgseg.stream import stream
+The names below are imported on first use, so that ``import surgseg.decode`` (and every
+command's start-up) loads only what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "CheckpointMeta": "surgseg.checkpoint",
+    "load_checkpoint": "surgseg.checkpoint",
+    "save_checkpoint": "surgseg.checkpoint",
+    "build_model": "surgseg.model",
+    "Prediction": "surgseg.predictor",
+    "Predictor": "surgseg.predictor",
+    "stream": "surgseg.stream",
+}
 
 __all__ = [
     "CheckpointMeta",
@@ -17,3 +31,15 @@ __all__ = [
     "save_checkpoint",
     "stream",
 ]
+
+if TYPE_CHECKING:
+    from surgseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from surgseg.model import build_model
+    from surgseg.predictor import Prediction, Predictor
+    from surgseg.stream import stream
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'surgseg' has no attribute {name!r}")

@@ -23,13 +23,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from surgseg.atomic import atomic_path, write_json
 from surgseg.datasets import SegmentationSet
 from surgseg.errors import ConfigError
 from surgseg.metrics import SegmentationMetrics
 from surgseg.predictor import Predictor
+from surgseg.progress import progress_bar
 
 SUBMISSION = {  # task → (folder, value of class index 1)
     "binary": ("BinarySegmentation", 255),
@@ -85,7 +85,7 @@ def evaluate(
         raise ConfigError(f"no submission layout for task {meta.task!r}")
     videos: dict[str, SegmentationMetrics] = {}
     start = time.perf_counter()
-    bar = tqdm(total=len(dataset), desc="eval", unit="frame", disable=not progress)
+    bar = progress_bar(total=len(dataset), desc="eval", enabled=progress)
     for batch in _batches(dataset, batch_size):
         predictions = predictor.predict([image for _, image, _ in batch])
         for (i, _, target), pred in zip(batch, predictions, strict=True):

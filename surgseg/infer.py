@@ -22,13 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader
 from surgseg.errors import ConfigError, SurgsegError, VideoError
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
+from surgseg.progress import LineProgress, progress_bar
 from surgseg.stages import open_outputs, segmentation_pipeline
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
@@ -131,8 +130,8 @@ def process_video(
     with VideoReader(video) as reader:
         info = reader.info
         opened = open_outputs(out_dir, info=info, options=outputs, num_classes=meta.num_classes)
-        bar = tqdm(total=info.frames_reported, unit="frame", desc=video.name,
-                   disable=not progress, leave=False)  # fmt: skip
+        bar = progress_bar(total=info.frames_reported, desc=video.name, enabled=progress,
+                           leave=False)  # fmt: skip
         try:
             pipeline = segmentation_pipeline(reader, predictor=predictor, cues=cues,
                                              outputs=opened, batch_size=batch_size,
@@ -239,9 +238,9 @@ def process_inputs(
         except SurgsegError as exc:
             summary.failed.append((video, str(exc)))
             if progress:
-                tqdm.write(f"failed: {exc}")
+                LineProgress.write(f"failed: {exc}")
         else:
             summary.done.append(out_dir)
             if progress:
-                tqdm.write(f"done: {video} -> {out_dir}")
+                LineProgress.write(f"done: {video} -> {out_dir}")
     return summary

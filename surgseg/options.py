@@ -8,11 +8,16 @@ This module imports nothing heavy, so that every command's start-up stays quick.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from surgseg.errors import ConfigError
 
 MASK_FORMATS = ("png", "ffv1")
+
+
+def _opt(default: object, help: str) -> object:
+    """A field with its default and the one line ``--help`` shows for it."""
+    return field(default=default, metadata={"help": help})
 
 
 VIEWS = ("auto", "full")
@@ -23,12 +28,15 @@ class CueOptions:
     """Pose cues of each predicted mask (``surgseg.cues.find_instruments``; definitions in the
     README) and instrument tracking across frames (``surgseg.tracking.Tracker``)."""
 
-    min_area: int = 50  # pixels; smaller components are not instruments
-    border_band: float = 3.0  # pixels; instrument pixels this close to the view edge: its entry
-    tip_band: float = 2.0  # pixels; the tip averages the pixels this close to the farthest
-    track_max_distance: float = 80.0  # pixels; matching-cost gate between track and instrument
-    track_max_missed: int = 10  # frames a track survives without a match
-    view: str = "auto"  # auto: field of view estimated from the first frame; full: whole frame
+    min_area: int = _opt(50, "pixels; smaller components are not instruments")
+    border_band: float = _opt(3.0, "pixels; instrument pixels this close to the view's edge "
+                                   "are its entry")
+    tip_band: float = _opt(2.0, "pixels; the tip averages the pixels this close to the farthest")
+    track_max_distance: float = _opt(80.0, "pixels; matching-cost gate between a track and an "
+                                           "instrument")
+    track_max_missed: int = _opt(10, "frames a track survives without a match")
+    view: str = _opt("auto", "auto: the endoscope's view estimated from the first frame; "
+                             "full: the whole frame")
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
@@ -39,8 +47,9 @@ class CueOptions:
 class OutputOptions:
     """What to write for each video."""
 
-    masks: str | None = "png"  # png: masks/000123.png per frame; ffv1: one masks.mkv; null: none
-    overlay: bool = True  # overlay.mp4: masks, axis, entry and tip drawn on the frames
+    masks: str | None = _opt("png", "png: masks/000123.png per frame; ffv1: one lossless "
+                                    "masks.mkv; null: no masks")
+    overlay: bool = _opt(True, "overlay.mp4: classes, axis, entry and tip drawn on the frames")
 
     def __post_init__(self) -> None:
         if self.masks is not None and self.masks not in MASK_FORMATS:
@@ -58,10 +67,12 @@ def resolve_workers(value: int | str, *, key: str = "workers") -> int:
 
 @dataclass
 class Workers:
-    """Worker threads of the stateless per-frame stages: a positive integer or ``auto``."""
+    """Worker threads of the stateless per-frame stages."""
 
-    locate: int | str = "auto"  # cue geometry of each mask
-    render: int | str = "auto"  # PNG encoding and overlay drawing
+    locate: int | str = _opt("auto", "threads finding the instruments of each mask; auto: "
+                                     "half the CPU cores, 2 to 8")
+    render: int | str = _opt("auto", "threads encoding PNG masks and drawing the overlay; auto: "
+                                     "as locate")
 
     def __post_init__(self) -> None:
         self.locate = resolve_workers(self.locate, key="workers.locate")

@@ -1,26 +1,41 @@
 """Hydra command-line apps: thin ``@hydra.main`` wrappers over the library's pure functions.
 
 Each app module has a ``run(cfg) -> result`` function that turns config into plain typed
-arguments, and a ``main`` that Hydra calls.
+arguments, and a ``main`` made by ``entry``. Before Hydra runs, ``entry`` answers ``--help``
+with the app's own settings and checks the command line (unknown keys, every missing
+required setting at once), so that a user's mistake is one line, never a traceback. Heavy
+modules (torch, PyAV) are imported inside ``run``, so ``--help`` and mistakes answer at once.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
+import fcntl
 import functools
+import os
+import re
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from surgseg.errors import ConfigError, SurgsegError
 from surgseg.options import CueOptions, OutputOptions, Workers
 
 T = TypeVar("T")
+
+OPTION_GROUPS: dict[str, type] = {"cues": CueOptions, "outputs": OutputOptions, "workers": Workers}
+HYDRA_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--hydra-help",
+               "--shell-completion", "-sc", "--version", "--resolve")  # fmt: skip
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM,
+                 errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)  # fmt: skip
+_LOCKS: dict[Path, int] = {}  # output folders this process holds, and their lock files
 
 
 def _config_dir() -> str:
@@ -37,15 +52,20 @@ CONF_DIR = _config_dir()
 def _register_option_groups() -> None:
     """The config groups whose defaults live in ``surgseg.options`` (one copy of each)."""
     store = ConfigStore.instance()
-    for group, node in (("cues", CueOptions), ("outputs", OutputOptions), ("workers", Workers)):
+    for group, node in OPTION_GROUPS.items():
         store.store(group=group, name="default", node=node)
 
 
 _register_option_groups()
 
 
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def cli_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn user errors into one line on stderr and exit status 2; Ctrl-C into status 130."""
+    """Turn user errors into one line on stderr and exit status 2 (a file that cannot be
+    written: 1); Ctrl-C into status 130."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -56,8 +76,14 @@ def cli_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
                 sys.exit(2)
             except OmegaConfBaseException as exc:
-                print(f"{prog}: config error: {str(exc).splitlines()[0]}", file=sys.stderr)
+                print(f"{prog}: config error: {_one_line(exc)}", file=sys.stderr)
                 sys.exit(2)
+            except OSError as exc:
+                if exc.errno not in _WRITE_ERRNOS:
+                    raise
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"{prog}: error: {where}{exc.strerror}", file=sys.stderr)
+                sys.exit(1)
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 sys.exit(130)
@@ -75,3 +101,231 @@ def dataclass_from(cls: type[T], cfg: DictConfig, where: str) -> T:
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {unknown}; known: {sorted(known)}")
     return cls(**values)
+
+
+# --- checks at the edge -------------------------------------------------------------------------
+
+
+def check_int(cfg: DictConfig, key: str, *, minimum: int) -> int:
+    """``cfg[key]`` as an integer ≥ ``minimum``, or a ConfigError naming the key."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(cfg: DictConfig, key: str) -> bool:
+    """``cfg[key]`` as a boolean (true/false), or a ConfigError naming the key."""
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def check_input_size(cfg: DictConfig, key: str = "input_size") -> tuple[int, int] | None:
+    """``cfg[key]`` as (height, width), or None when unset; a ConfigError names the key."""
+    from surgseg.preprocess import check_input_size as check
+
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return None
+    if not isinstance(value, ListConfig):
+        raise ConfigError(f"{key} must be [height, width] in pixels, got {value!r}")
+    return check(list(value), key=key)
+
+
+def check_device(cfg: DictConfig) -> str:
+    """``cfg.device`` ("cpu", "cuda" or "cuda:N"), checked against this machine."""
+    device = str(cfg.device)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device}: no CUDA GPU is available on this machine "
+                              "(torch.cuda.is_available() is False); use device=cpu")  # fmt: skip
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
+    return device
+
+
+def claim_output_dir(path: str | Path, *, key: str = "output_dir") -> Path:
+    """Create the output folder ``path`` if needed, check that it can be written, and lock it
+    for this process: a second process writing there is refused with one line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} is a file, not a folder", path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{key} cannot be written: {exc.strerror}", path) from None
+    folder = path.resolve()
+    if folder in _LOCKS:
+        return path
+    fd = os.open(folder / ".surgseg.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError("another surgseg process is writing into this folder", path) from None
+    _LOCKS[folder] = fd  # held until the process ends
+    return path
+
+
+# --- the command line, before Hydra -------------------------------------------------------------
+
+
+def _groups() -> set[str]:
+    return {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} | set(OPTION_GROUPS)
+
+
+def _keys(cfg: DictConfig, prefix: str = "", *, missing: bool = False) -> list[str]:
+    """Every key of ``cfg``, dotted (with ``missing``: those set to ``???``), resolving no
+    interpolation."""
+    out = []
+    for key in cfg:
+        dotted = f"{prefix}{key}"
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            out += [dotted] * (not missing) + _keys(node, dotted + ".", missing=missing)
+        elif not missing or node._is_missing():
+            out.append(dotted)
+    return out
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"unknown setting {key!r}{hint} (`--help` lists the settings)")
+
+
+MayMiss = Callable[[DictConfig], bool]  # True: the app fills in the missing settings itself
+
+
+def check_command_line(config_name: str, argv: list[str], *,
+                       may_miss: MayMiss | None = None) -> DictConfig:  # fmt: skip
+    """Compose ``config_name`` with the overrides in ``argv`` (the first value of each sweep)
+    and return it; ConfigError for an override that cannot apply, a key added with ``+`` that
+    the app does not know, or required settings left unset (all of them, in one line)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv
+                                                           if not a.startswith("-")])
+    except HydraException as exc:
+        raise ConfigError(f"cannot read the command line: {_one_line(exc)}") from None
+    overrides = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+                 if o.is_sweep_override() else o.input_line for o in parsed]  # fmt: skip
+    groups = _groups()
+    added = [o.key_or_group for o in parsed if o.is_add() and o.key_or_group not in groups]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            base = compose(config_name)
+            known = [k for k in _keys(base) if not k.startswith("hydra")]
+            for key in added:
+                if OmegaConf.select(base, key, default=MISSING) is MISSING:
+                    raise _unknown_key(key, known)
+            try:
+                cfg = compose(config_name, overrides=overrides)
+            except HydraException as exc:
+                key = re.search(r"Could not override '([^']+)'", str(exc))
+                if key and OmegaConf.select(base, key[1], default=MISSING) is MISSING:
+                    raise _unknown_key(key[1], known) from None
+                option = re.search(r"Could not find '([^'/]+)/([^']+)'", str(exc))
+                if option:
+                    group, name = option[1], option[2]
+                    names = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+                    raise ConfigError(f"{group}={name}: no such option; one of: "
+                                      f"{', '.join(names)}") from None  # fmt: skip
+                raise ConfigError(_one_line(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    missing = sorted(k for k in _keys(cfg, missing=True) if not k.startswith("hydra"))
+    if missing and not (may_miss is not None and may_miss(cfg)):
+        settings = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"missing required setting(s): {', '.join(missing)} "
+                          f"(add {settings} to the command)")  # fmt: skip
+    return cfg
+
+
+def _yaml_parts(config_name: str) -> tuple[list[str], list[str], list[str]]:
+    """(header comment, group entries of the defaults list, setting lines) of a primary
+    config file, comments kept."""
+    text = (Path(CONF_DIR) / f"{config_name}.yaml").read_text().splitlines()
+    header = []
+    for line in text:
+        if not line.startswith("#") or line.startswith("# @package"):
+            break
+        header.append(line[2:] if line.startswith("# ") else line[1:])
+    groups, settings, section = [], [], ""
+    for line in text[len(header):]:
+        if not line.strip():
+            continue
+        top = line.split(":")[0]
+        if not line[0].isspace() and not line.startswith("#"):
+            section = top if top in ("defaults", "hydra") else "settings"
+        if section == "defaults" and line.lstrip().startswith("- ") and ":" in line:
+            groups.append(line.strip()[2:])
+        elif section == "settings":
+            settings.append(line)
+    return header, groups, settings
+
+
+def app_help(prog: str, config_name: str) -> str:
+    """``--help``: the app's own settings with their comments, its groups and their options."""
+    header, groups, settings = _yaml_parts(config_name)
+    lines = [*header, "", "Settings (key=value on the command line; ??? = required):"]
+    lines += [f"  {line}" for line in settings]
+    for entry in groups:
+        group, _, rest = entry.partition(":")
+        group = group.strip()
+        default = rest.split("#")[0].strip()
+        if group in OPTION_GROUPS:
+            cls = OPTION_GROUPS[group]
+            lines += ["", f"{group}.*: {cls.__doc__.split('(')[0].split('.')[0].strip()}"]
+            for f in fields(cls):
+                value = "null" if f.default is None else f.default
+                if f.default is MISSING:
+                    value = "???"
+                note = f.metadata.get("help", "")
+                lines.append(f"  {group}.{f.name}={value}" + (f"    # {note}" if note else ""))
+        elif group not in ("common", "_self_"):
+            options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+            lines += ["", f"{group}={default} (one of: {', '.join(options)}); its settings: "
+                          f"{group}.<key>=value (see conf/{group}/{default}.yaml)"]  # fmt: skip
+    lines += ["", f"Hydra's own flags also work: {prog} --cfg job (the composed config), "
+                  "-m (sweeps), --hydra-help."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def entry(prog: str, config_name: str, hydra_main: Callable[[], Any], *,
+          may_miss: MayMiss | None = None) -> Callable[[], None]:  # fmt: skip
+    """The console script: ``--help``, the command-line check, then ``hydra_main``."""
+
+    def main() -> None:
+        argv = sys.argv[1:]
+        try:
+            if "--help" in argv or "-h" in argv:
+                print(app_help(prog, config_name))
+                return
+            if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+                check_command_line(config_name, argv, may_miss=may_miss)
+            hydra_main()
+        except SurgsegError as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return main

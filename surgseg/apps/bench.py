@@ -4,26 +4,34 @@ docs/streaming.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
+from surgseg.apps import (
+    CONF_DIR,
+    check_device,
+    check_input_size,
+    check_int,
+    claim_output_dir,
+    cli_errors,
+    dataclass_from,
+    entry,
+)
 from surgseg.apps.infer import build_predictor
-from surgseg.atomic import write_json
-from surgseg.bench import StandInPredictor, bench, random_predictor, write_report
-from surgseg.decode import read_frames
 from surgseg.errors import ConfigError
 from surgseg.options import CueOptions, OutputOptions, Workers
-from surgseg.predictor import Prediction, Predictor
-from surgseg.synthetic import write_clip
+
+if TYPE_CHECKING:
+    from surgseg.bench import StandInPredictor
+    from surgseg.predictor import Predictor
 
 
 def _video(cfg: DictConfig) -> Path:
     """``cfg.input``, or the synthetic clip described by ``cfg.clip`` (made once)."""
+    from surgseg.synthetic import write_clip
+
     if cfg.input:
         return Path(cfg.input)
     c = cfg.clip
@@ -38,19 +46,28 @@ def _video(cfg: DictConfig) -> Path:
 def _predictor(cfg: DictConfig) -> Predictor:
     """The checkpoint's predictor (its own task), or the ``model`` config's with random
     weights."""
+    from surgseg.bench import random_predictor
+
     if cfg.checkpoint:
         return build_predictor(cfg, task=None)
-    if not cfg.input_size:
+    size = check_input_size(cfg)
+    if size is None:
         raise ConfigError("input_size is needed when no checkpoint is given")
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
     return random_predictor(model=OmegaConf.to_container(cfg.model, resolve=True), task=cfg.task,
-                            input_size=tuple(cfg.input_size), engine=engine.pop("name"),
-                            device=cfg.device, seed=cfg.seed, **engine)  # fmt: skip
+                            input_size=size, engine=engine.pop("name"), device=check_device(cfg),
+                            seed=cfg.seed, **engine)  # fmt: skip
 
 
 def _standin(cfg: DictConfig, video: Path, model: Predictor) -> StandInPredictor:
     """A stand-in at ``cfg.standin_fps`` delivering the synthetic clip's ground truth, or
     for another video, ``model``'s predictions of its first ``held_frames`` frames."""
+    import numpy as np
+
+    from surgseg.bench import StandInPredictor
+    from surgseg.decode import read_frames
+    from surgseg.predictor import Prediction
+
     task = model.meta.task
     truth = video.parent / "masks.npz"
     if not cfg.input and truth.is_file():
@@ -65,13 +82,23 @@ def _standin(cfg: DictConfig, video: Path, model: Predictor) -> StandInPredictor
                                           strict=False)]  # fmt: skip
         predictions = [p for i in range(0, len(frames), cfg.batch_size)
                        for p in model.predict(frames[i : i + cfg.batch_size])]  # fmt: skip
-    return StandInPredictor(predictions, model.meta, fps=float(cfg.standin_fps))
+    fps = cfg.standin_fps
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0:
+        raise ConfigError(f"standin_fps must be a positive number of frames per second, got "
+                          f"{fps!r}")  # fmt: skip
+    return StandInPredictor(predictions, model.meta, fps=float(fps))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Benchmark one configuration into ``cfg.run_dir``/bench.json; rebuild the sweep's report."""
+    import torch
+
+    from surgseg.atomic import write_json
+    from surgseg.bench import bench, write_report
+
     if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(check_int(cfg, "torch_threads", minimum=1))
+    claim_output_dir(cfg.run_dir, key="run_dir")
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
     outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
     workers = dataclass_from(Workers, cfg.workers, "workers")
@@ -80,10 +107,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     predictor = _predictor(cfg)
     if cfg.standin_fps is not None:
         predictor = _standin(cfg, video, predictor)
-    result = bench(video, predictor=predictor, out_dir=run_dir, batch_size=cfg.batch_size,
-                   max_frames=cfg.max_frames, held_frames=cfg.held_frames,
-                   queue_size=cfg.queue_size, outputs=outputs, cues=cues, workers=workers,
-                   flops=cfg.flops)  # fmt: skip
+    max_frames = None if cfg.max_frames is None else check_int(cfg, "max_frames", minimum=1)
+    result = bench(video, predictor=predictor, out_dir=run_dir,
+                   batch_size=check_int(cfg, "batch_size", minimum=1), max_frames=max_frames,
+                   held_frames=check_int(cfg, "held_frames", minimum=1),
+                   queue_size=check_int(cfg, "queue_size", minimum=1), outputs=outputs,
+                   cues=cues, workers=workers, flops=cfg.flops)  # fmt: skip
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
     result["config"] = config
@@ -94,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 @cli_errors("surgseg-bench")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     result = run(cfg)
     bound = result["bound"]
     print(
@@ -103,6 +132,8 @@ def main(cfg: DictConfig) -> None:
         f"{cfg.run_dir}/bench.json, {cfg.output_dir}/bench.md"
     )
 
+
+main = entry("surgseg-bench", "bench", _main)
 
 if __name__ == "__main__":
     main()

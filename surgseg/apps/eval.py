@@ -8,36 +8,32 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors
-from surgseg.datasets import build_dataset, preflight
-from surgseg.evaluate import evaluate, write_report
-from surgseg.predictor import Predictor
+from surgseg.apps import CONF_DIR, check_bool, check_int, claim_output_dir, cli_errors, entry
+from surgseg.apps.infer import build_predictor
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.checkpoint`` on ``cfg.data``; write the report into ``cfg.output_dir``."""
-    engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    predictor = Predictor.from_checkpoint(
-        cfg.checkpoint,
-        engine=engine.pop("name"),
-        device=cfg.device,
-        task=cfg.task,
-        input_size=tuple(cfg.input_size) if cfg.input_size else None,
-        **engine,
-    )
+    """Evaluate ``cfg.checkpoint`` on ``cfg.data``; write the report into ``cfg.output_dir``
+    (checked, and locked, before the work starts)."""
+    from surgseg.datasets import build_dataset, preflight
+    from surgseg.evaluate import evaluate, write_report
+
+    batch_size = check_int(cfg, "batch_size", minimum=1)
+    progress = check_bool(cfg, "progress")
+    out_dir = claim_output_dir(cfg.output_dir)
+    predictor = build_predictor(cfg, task=cfg.task)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if cfg.split is not None:
         data["split"] = cfg.split
     dataset = build_dataset(data.pop("kind"), task=predictor.meta.task, **data)
-    if cfg.preflight:
+    if check_bool(cfg, "preflight"):
         preflight(dataset)
-    out_dir = Path(cfg.output_dir)
     results = evaluate(
         predictor,
         dataset,
-        batch_size=cfg.batch_size,
-        submission_dir=out_dir / "submission" if cfg.submission else None,
-        progress=cfg.progress,
+        batch_size=batch_size,
+        submission_dir=out_dir / "submission" if check_bool(cfg, "submission") else None,
+        progress=progress,
     )
     results["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -47,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @cli_errors("surgseg-eval")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     results = run(cfg)
     scores = ", ".join(
         f"{key} {value:.4f}"
@@ -59,6 +55,8 @@ def main(cfg: DictConfig) -> None:
         f"{Path(cfg.output_dir) / 'metrics.md'}"
     )
 
+
+main = entry("surgseg-eval", "eval", _main)
 
 if __name__ == "__main__":
     main()

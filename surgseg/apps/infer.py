@@ -4,37 +4,56 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
-from surgseg.infer import InferSummary, process_inputs
+from surgseg.apps import (
+    CONF_DIR,
+    check_bool,
+    check_device,
+    check_input_size,
+    check_int,
+    claim_output_dir,
+    cli_errors,
+    dataclass_from,
+    entry,
+)
 from surgseg.options import CueOptions, OutputOptions, Workers
-from surgseg.predictor import Predictor
+
+if TYPE_CHECKING:
+    from surgseg.infer import InferSummary
+    from surgseg.predictor import Predictor
 
 
 def build_predictor(cfg: DictConfig, *, task: str | None) -> Predictor:
     """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``; with a
     ``task``, the checkpoint must have been trained for it."""
+    from surgseg.predictor import Predictor
+
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    size = tuple(cfg.input_size) if cfg.input_size else None
     return Predictor.from_checkpoint(
         cfg.checkpoint,
         engine=engine.pop("name"),
-        device=cfg.device,
+        device=check_device(cfg),
         task=task,
-        input_size=size,
+        input_size=check_input_size(cfg),
         **engine,
     )
 
 
 def run(cfg: DictConfig) -> InferSummary:
     """Process ``cfg.input`` into ``cfg.output_dir``."""
+    from surgseg.infer import process_inputs
+
     outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
     workers = dataclass_from(Workers, cfg.workers, "workers")
+    batch_size = check_int(cfg, "batch_size", minimum=1)
+    progress = check_bool(cfg, "progress")
     predictor = build_predictor(cfg, task=cfg.task)
+    output_dir = claim_output_dir(cfg.output_dir)
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -42,19 +61,19 @@ def run(cfg: DictConfig) -> InferSummary:
     return process_inputs(
         cfg.input,
         predictor=predictor,
-        output_dir=Path(cfg.output_dir),
+        output_dir=output_dir,
         outputs=outputs,
         cues=cues,
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         workers=workers,
-        progress=cfg.progress,
+        progress=progress,
         record=record,
     )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="infer")
 @cli_errors("surgseg-infer")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     summary = run(cfg)
     print(f"surgseg-infer: {len(summary.done)} video(s) done in {cfg.output_dir}")
     if summary.failed:
@@ -63,6 +82,8 @@ def main(cfg: DictConfig) -> None:
             print(f"  {reason}", file=sys.stderr)
         sys.exit(1)
 
+
+main = entry("surgseg-infer", "infer", _main)
 
 if __name__ == "__main__":
     main()

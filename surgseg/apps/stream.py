@@ -10,19 +10,27 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
 
-from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
+from surgseg.apps import (
+    CONF_DIR,
+    check_bool,
+    check_int,
+    claim_output_dir,
+    cli_errors,
+    dataclass_from,
+    entry,
+)
 from surgseg.apps.infer import build_predictor
-from surgseg.atomic import write_json
 from surgseg.errors import ConfigError
 from surgseg.options import MASK_FORMATS, CueOptions, OutputOptions, Workers
-from surgseg.sinks import CuesWriter
-from surgseg.stages import open_outputs
-from surgseg.stream import LiveStream, stream
+
+if TYPE_CHECKING:
+    from surgseg.sinks import CuesWriter
+    from surgseg.stream import LiveStream
 
 
 def _paths(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -63,6 +71,8 @@ def _ctrl_c_stops(event: threading.Event) -> Iterator[None]:
 def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
           masks_dir: Path | None) -> None:  # fmt: skip
     """Write every result as it comes; the writers are closed (not aborted) on Ctrl-C."""
+    from surgseg.stages import open_outputs
+
     masks = None
     try:
         for n, result in enumerate(live):
@@ -97,12 +107,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     Raises KeyboardInterrupt after Ctrl-C, once the outputs are closed and the summary written.
     """
+    from surgseg.atomic import write_json
+    from surgseg.sinks import CuesWriter
+    from surgseg.stream import stream
+
     output, summary_path, masks_dir = _paths(cfg)
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
     workers = dataclass_from(Workers, cfg.workers, "workers")
+    queue_size = check_int(cfg, "queue_size", minimum=1)
+    realtime = check_bool(cfg, "realtime")
     predictor = build_predictor(cfg, task=cfg.task)
-    live = stream(cfg.input, predictor=predictor, realtime=cfg.realtime, drop=cfg.drop,
-                  queue_size=cfg.queue_size, max_age=cfg.max_age, cues=cues,
+    for folder, key in ((output and output.parent, "output"), (masks_dir, "masks_dir"),
+                        (summary_path and summary_path.parent, "summary")):
+        if folder is not None:
+            claim_output_dir(folder, key=key)
+    live = stream(cfg.input, predictor=predictor, realtime=realtime, drop=cfg.drop,
+                  queue_size=queue_size, max_age=cfg.max_age, cues=cues,
                   workers=workers)  # fmt: skip
     cues_file = CuesWriter(output) if output is not None else None
     try:
@@ -128,8 +148,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="stream")
 @cli_errors("surgseg-stream")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     run(cfg)
+
+
+main = entry("surgseg-stream", "stream", _main)
 
 
 if __name__ == "__main__":
