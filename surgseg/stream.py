@@ -55,21 +55,29 @@ class StreamResult:
     latency_s: float  # from the frame's release to this result
 
 
-def paced(
-    frames: Iterable[Frame], *, realtime: bool, stop: threading.Event | None = None
-) -> Iterator[Batch]:
-    """Release each frame as a batch of one; in real time, at its presentation time."""
-    stop = stop or threading.Event()
-    start = None
-    for frame in frames:
-        if realtime:
-            now = time.perf_counter()
-            if start is None:
-                start = now - frame.time_s
-            delay = start + frame.time_s - now
-            if delay > 0 and stop.wait(delay):
-                return
-        yield Batch([frame])
+class Pacer:
+    """Releases each frame as a batch of one; in real time, at its presentation time.
+    ``waited_s`` is the time spent waiting for those times (not decoding)."""
+
+    def __init__(self, *, realtime: bool, stop: threading.Event | None = None):
+        self.realtime = realtime
+        self.stop = stop or threading.Event()
+        self.waited_s = 0.0
+
+    def __call__(self, frames: Iterable[Frame]) -> Iterator[Batch]:
+        start = None
+        for frame in frames:
+            if self.realtime:
+                now = time.perf_counter()
+                if start is None:
+                    start = now - frame.time_s
+                delay = start + frame.time_s - now
+                if delay > 0:
+                    stopped = self.stop.wait(delay)
+                    self.waited_s += time.perf_counter() - now
+                    if stopped:
+                        return
+            yield Batch([frame])
 
 
 def _older_than(seconds: float) -> Callable[[Batch], bool]:
@@ -148,8 +156,9 @@ class LiveStream:
             stale = None
             if self.realtime and self.drop == "keep_latest" and self.max_age is not None:
                 stale = _older_than(self.max_age / (self.info.fps or 25.0))
+            pacer = Pacer(realtime=self.realtime, stop=self.stop)
             self._pipeline = Pipeline(
-                paced(reader, realtime=self.realtime, stop=self.stop),
+                pacer(reader),
                 [Stage("segment", predict(predictor), queue_size=1, stale=stale),
                  *cue_stages(predictor, self.cues, workers=self.workers.locate, queue_size=1)],
                 source_name="decode",
@@ -168,6 +177,7 @@ class LiveStream:
                                        pred.confidence, batch.instruments[0], latency)  # fmt: skip
             finally:
                 self._wall = time.perf_counter() - self._started
+                self._pipeline.stats["decode"].busy_s -= pacer.waited_s  # decoding time only
             self.complete = not self.stop.is_set()
 
     def close(self) -> None:

@@ -107,6 +107,7 @@ def test_real_time_paces_frames_and_offline_runs_free(one_second):
     paced_wall = time.perf_counter() - t0
     assert [r.index for r in results] == list(range(FPS))
     assert paced_wall >= (FPS - 1) / FPS * 0.95  # frames released at their timestamps
+    assert live.summary()["stages"]["decode"]["busy_s"] < 0.5 * paced_wall  # not the waits
     t0 = time.perf_counter()
     offline = stream(one_second, predictor=sleep_predictor(0.005), realtime=False)
     assert [r.index for r in offline] == list(range(FPS))
