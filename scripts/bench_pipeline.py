@@ -1,9 +1,13 @@
 """Acceptance measurements of the concurrent pipeline and of live streaming: figures, not tests.
 
     PYTHONPATH=. python scripts/bench_pipeline.py --out /tmp/surgseg-accept
+    PYTHONPATH=. python scripts/bench_pipeline.py --out /tmp/surgseg-accept --only gpu_rate
 
-1. Offline: end-to-end fps against the fps of the slowest stage alone (``surgseg.bench`` on
-   a synthetic 640×512 clip, ResNet-18 FCN with random weights at 128×160, batch 4).
+1. Offline: end to end against the resource bound (``surgseg.bench`` on a synthetic 640×512
+   clip, ResNet-18 FCN with random weights at 128×160, batch 4, the model on the CPU).
+   GPU rate: the same at 1920×1080 with a stand-in for the model's side at ``--standin-fps``
+   (default 500), batch 8, with 1 and with 2 workers per stateless stage; the locate and
+   render stages alone with 2 workers against 1.
 2. Decode: ``VideoReader`` to RGB arrays against ``ffmpeg -i X -pix_fmt rgb24 -f null -`` on
    the same 1080p H.264 file (best of 5 each, alternating).
 3. Memory: RSS at frame 1,000 and at frame 10,000 of a 320×256 video through the offline
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -29,17 +34,17 @@ import psutil
 import torch
 from torch import nn
 
-from surgseg.bench import bench, random_predictor
+from surgseg.bench import STAGES, StandInPredictor, bench, clip_predictions, random_predictor
 from surgseg.checkpoint import CheckpointMeta
 from surgseg.decode import VideoReader
 from surgseg.engines import Engine
 from surgseg.engines.torch_engine import TorchEngine
-from surgseg.pipeline import PoseCues, Write, segmentation_pipeline
+from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
-from surgseg.sinks import CuesWriter, OverlayWriter, open_mask_writer
+from surgseg.stages import open_outputs, segmentation_pipeline
 from surgseg.stream import stream
 from surgseg.synthetic import write_clip
-from surgseg.tasks import class_names, palette
+from surgseg.tasks import class_names
 
 RESNET18 = {"depth": 18, "output_stride": 8, "head": "fcn", "aux_loss": False}
 
@@ -83,23 +88,61 @@ def offline_vs_slowest(out: Path, *, torch_threads: int | None, repeats: int) ->
     predictor = random_predictor(model=RESNET18, input_size=(128, 160))
     runs = [
         bench(clip / "video.mp4", predictor=predictor, out_dir=out / "offline", batch_size=4,
-              held_frames=32, masks="png", overlay=True, flops=False)
+              held_frames=32, flops=False)
         for _ in range(repeats)
     ]  # fmt: skip
     torch.set_num_threads(default_threads)
-    alone = {k: max(r["stages_alone"][k]["fps"] for r in runs) for k in runs[0]["stages_alone"]}
-    slowest = min(alone, key=alone.get)
-    best = max(runs, key=lambda r: r["end_to_end"]["fps"])["end_to_end"]
+    return summarize(runs)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over ``runs`` of ``surgseg.bench.bench``: each stage alone, end to end, bound."""
+    alone = {k: statistics.median(r["stages_alone"][k]["fps"] for r in runs)
+             for k in runs[0]["stages_alone"]}  # fmt: skip
+    core_ms = {k: statistics.median(r["stages_alone"][k]["core_ms_per_frame"] for r in runs)
+               for k in STAGES}  # fmt: skip
+    e2e = [r["end_to_end"]["fps"] for r in runs]
+    ratio = [r["end_to_end_vs_bound"] for r in runs]
     return {
         "torch_threads": runs[0]["torch_threads"],
+        "workers": runs[0]["workers"],
         "stages_alone_fps": alone,
-        "slowest_stage": slowest,
-        "end_to_end_fps": best["fps"],
-        "end_to_end_vs_slowest": round(best["fps"] / alone[slowest], 3),
-        "end_to_end_runs_fps": [r["end_to_end"]["fps"] for r in runs],
-        "process_cpu_cores": best["process_cpu_cores"],
-        "system_cpu_percent": best["system_cpu_percent"],
+        "stages_alone_core_ms_per_frame": core_ms,
+        "bound": runs[len(runs) // 2]["bound"],
+        "end_to_end_fps": statistics.median(e2e),
+        "end_to_end_vs_bound": statistics.median(ratio),
+        "end_to_end_runs_fps": e2e,
+        "end_to_end_vs_bound_runs": ratio,
+        "process_cpu_cores": statistics.median(r["end_to_end"]["process_cpu_cores"] for r in runs),
+        "system_cpu_percent": [r["end_to_end"]["system_cpu_percent"] for r in runs],
     }
+
+
+def gpu_rate(out: Path, *, standin_fps: float, repeats: int, batch_size: int = 8) -> dict:
+    """The pipeline at GPU speed without a GPU, at 1920×1080: a stand-in delivering the
+    clip's ground-truth parts masks at ``standin_fps``; every other stage real, with the
+    default outputs (PNG masks, overlay, cues). Also the locate and render stages alone with
+    1 and with 2 workers."""
+    clip = out / "clip_1920x1080"
+    if not (clip / "clip.json").is_file():
+        write_clip(clip, num_frames=120, width=1920, height=1080, fps=30, seed=1,
+                   num_instruments=3)  # fmt: skip
+    meta = CheckpointMeta(task="parts", class_names=list(class_names("parts")),
+                          model={}, input_size=(512, 640))  # fmt: skip
+    predictions = clip_predictions(clip, "parts")
+    runs, by_workers = [], {}
+    for k in (1, 2):
+        for _ in range(repeats):
+            standin = StandInPredictor(predictions, meta, fps=standin_fps)
+            runs.append(bench(clip / "video.mp4", predictor=standin, out_dir=out / "gpu_rate",
+                              batch_size=batch_size, held_frames=32, workers=Workers(k, k),
+                              flops=False))  # fmt: skip
+        by_workers[k] = summarize(runs[-repeats:])
+    scaling = {stage: round(by_workers[2]["stages_alone_fps"][stage]
+                            / by_workers[1]["stages_alone_fps"][stage], 3)
+               for stage in ("locate", "render")}  # fmt: skip
+    return {"standin_fps": standin_fps, "by_workers": by_workers,
+            "two_workers_vs_one": scaling}  # fmt: skip
 
 
 def decode_vs_ffmpeg(out: Path) -> dict:
@@ -146,19 +189,10 @@ def rss_over_long_video(out: Path, *, frames: int = 10_000) -> dict:
     process = psutil.Process()
     t0 = time.perf_counter()
     with VideoReader(video) as reader:
-        kw = reader.info.writer_format()
-        with (
-            open_mask_writer("ffv1", folder, **kw) as masks,
-            CuesWriter(folder / "cues.jsonl") as cues,
-            OverlayWriter(folder / "overlay.mp4", palette=palette(2), **kw) as overlay,
-        ):
-            pipeline = segmentation_pipeline(
-                reader,
-                predictor=predictor,
-                cues=PoseCues(task="binary"),
-                write=Write(masks=masks, cues=cues, overlay=overlay),
-                batch_size=4,
-            )
+        options = OutputOptions(masks="ffv1")
+        with open_outputs(folder, info=reader.info, options=options, num_classes=2) as outputs:
+            pipeline = segmentation_pipeline(reader, predictor=predictor, cues=CueOptions(),
+                                             outputs=outputs, batch_size=4)  # fmt: skip
             done = 0
             for batch in pipeline:
                 done += len(batch)
@@ -212,8 +246,8 @@ def realtime_stream(out: Path, *, sleep_ms: list[float]) -> dict:
             "dropped": s["frames_dropped"],
             "latency_ms": s["latency_ms"],
             "p99_in_intervals": round(s["latency_ms"]["p99"] / interval, 2),
-            "inference_ms_per_frame": s["stages"]["inference"]["ms_per_frame"],
-            "model_vs_interval": round(s["stages"]["inference"]["ms_per_frame"] / interval, 2),
+            "model_ms_per_frame": s["stages"]["segment"]["ms_per_frame"],
+            "model_vs_interval": round(s["stages"]["segment"]["ms_per_frame"] / interval, 2),
         }
     return results
 
@@ -221,7 +255,9 @@ def realtime_stream(out: Path, *, sleep_ms: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--only", nargs="*", default=["offline", "decode", "rss", "stream"])
+    parser.add_argument("--only", nargs="*",
+                        default=["offline", "gpu_rate", "decode", "rss", "stream"])  # fmt: skip
+    parser.add_argument("--standin-fps", type=float, default=500.0)
     parser.add_argument("--long-frames", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3, help="offline runs; best of each")
     parser.add_argument(
@@ -244,6 +280,9 @@ def main() -> None:
         report["offline"] = offline_vs_slowest(
             args.out, torch_threads=args.torch_threads, repeats=args.repeats
         )
+    if "gpu_rate" in args.only:
+        report["gpu_rate"] = gpu_rate(args.out, standin_fps=args.standin_fps,
+                                      repeats=args.repeats)  # fmt: skip
     if "decode" in args.only:
         report["decode"] = decode_vs_ffmpeg(args.out)
     torch.set_num_threads(1)  # the rest works on small tensors

@@ -160,6 +160,17 @@ class StandInPredictor:
         return self.download(self.launch(self.upload(frames)))
 
 
+def clip_predictions(folder: str | Path, task: str) -> list[Prediction]:
+    """The ground truth of a synthetic clip (``surgseg.synthetic.write_clip``) as predictions
+    for ``task``, with a confidence of 0.9: what a stand-in delivers for that clip."""
+    with np.load(Path(folder) / "masks.npz") as masks:
+        labels = masks["types" if task == "types" else "parts"]
+    if task == "binary":
+        labels = (labels > 0).astype(np.uint8)
+    confidence = np.full(labels.shape[1:], 230, np.uint8)
+    return [Prediction(m, confidence) for m in labels]
+
+
 class _Monitor:
     """Samples RSS and GPU use in a thread; CPU use from process and system CPU times."""
 

@@ -62,21 +62,11 @@ def _predictor(cfg: DictConfig) -> Predictor:
 def _standin(cfg: DictConfig, video: Path, model: Predictor) -> StandInPredictor:
     """A stand-in at ``cfg.standin_fps`` delivering the synthetic clip's ground truth, or
     for another video, ``model``'s predictions of its first ``held_frames`` frames."""
-    import numpy as np
-
-    from surgseg.bench import StandInPredictor
+    from surgseg.bench import StandInPredictor, clip_predictions
     from surgseg.decode import read_frames
-    from surgseg.predictor import Prediction
 
-    task = model.meta.task
-    truth = video.parent / "masks.npz"
-    if not cfg.input and truth.is_file():
-        with np.load(truth) as masks:
-            labels = masks["types" if task == "types" else "parts"]
-        if task == "binary":
-            labels = (labels > 0).astype(np.uint8)
-        confidence = np.full(labels.shape[1:], 230, np.uint8)
-        predictions = [Prediction(m, confidence) for m in labels]
+    if not cfg.input and (video.parent / "masks.npz").is_file():
+        predictions = clip_predictions(video.parent, model.meta.task)
     else:
         frames = [f.image for _, f in zip(range(cfg.held_frames), read_frames(video),
                                           strict=False)]  # fmt: skip
