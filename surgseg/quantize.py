@@ -283,7 +283,11 @@ def calibrate(
     graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    session = ort.InferenceSession(probe.SerializeToString(), providers=providers)
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False  # give each frame's outputs back, not to an arena
+    session = ort.InferenceSession(
+        probe.SerializeToString(), sess_options=options, providers=providers
+    )
     stats = {t: _AbsHistogram() for t in tensors}
     count = 0
     for frame in _split_frames(frames):
@@ -293,7 +297,8 @@ def calibrate(
         if count == 0:
             held = sum(v.nbytes for v in values.values()) / 2**20
             log.info("INT8 calibration: %d tensors, %.0f MiB per frame", len(values), held)
-        for t, value in values.items():
+        for t in list(values):
+            value = values.pop(t)  # freed once counted
             if method == "minmax":
                 stats[t].amax = max(stats[t].amax, float(np.abs(value).max()))
             else:

@@ -6,11 +6,12 @@ its weights and metadata, so a changed model is exported again).
 The CUDA and TensorRT providers come only with the ``onnxruntime-gpu`` package, which
 replaces ``onnxruntime`` (both install the same ``onnxruntime`` module): asking for them
 without it is a ConfigError that says how to switch. On CUDA the torch input and output tensors
-are bound in place with io_binding (nothing goes through host memory), and the session runs on
-its own CUDA stream (the providers' ``user_compute_stream``): that stream waits for the
+are bound in place with io_binding (nothing goes through host memory). With the CUDA provider
+the session runs on its own CUDA stream (``user_compute_stream``): that stream waits for the
 caller's current stream, the caller's stream waits for it, and ``run_with_iobinding`` returns
-without synchronizing the host. fp32 on CUDA is FP32: the CUDA provider's TF32 convolutions
-are off unless ``tf32=True``.
+without synchronizing the host. The TensorRT provider's Python options do not take a stream in
+every ONNX Runtime version, so with it the host waits for the input and for the run. fp32 on
+CUDA is FP32: the CUDA provider's TF32 convolutions are off unless ``tf32=True``.
 """
 
 from __future__ import annotations
@@ -108,8 +109,13 @@ class OnnxRuntimeEngine(Engine):
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
         index = self.device.index or 0
-        self._stream = torch.cuda.Stream(self.device) if gpu else None
-        on_stream = {"user_compute_stream": str(self._stream.cuda_stream)} if gpu else {}
+        # The TensorRT provider cannot be given our stream in every version: host sync there.
+        self._stream = torch.cuda.Stream(self.device) if gpu == ["cuda"] else None
+        on_stream = (
+            {"user_compute_stream": str(self._stream.cuda_stream)}
+            if self._stream is not None
+            else {}
+        )
         cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / "ort-trt"
         provider_options = {
             "cpu": {},
@@ -126,7 +132,6 @@ class OnnxRuntimeEngine(Engine):
                 "trt_engine_cache_path": str(cache),
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(cache),
-                **({"has_user_compute_stream": 1, **on_stream} if gpu else {}),
                 **_trt_profile_options(profile),
             },
         }
@@ -173,6 +178,10 @@ class OnnxRuntimeEngine(Engine):
             out.data_ptr(),
         )
         caller = torch.cuda.current_stream(self.device)
+        if self._stream is None:  # TensorRT provider: its own streams, synchronized with the host
+            caller.synchronize()  # the input is written
+            self.session.run_with_iobinding(binding)
+            return out
         self._stream.wait_stream(caller)  # the input is written
         self.session.run_with_iobinding(binding, self._run_options)
         caller.wait_stream(self._stream)  # the caller's next work sees the output
