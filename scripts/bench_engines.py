@@ -9,7 +9,9 @@ events on the GPU, time.perf_counter on the CPU), frames/s, peak device memory, 
 the same run: bf16 on the GPU, fp32 on the CPU) and the share of mask pixels that agree with
 torch FP32. Weights are random with a sharpened classifier unless --checkpoint is given.
 On a GPU the reference is computed with TF32 off (true FP32); torch's own "fp32" variant runs
-with PyTorch's defaults, where cuDNN convolutions use TF32, and is labelled so.
+with PyTorch's defaults, where cuDNN convolutions use TF32, and is labelled so. The TensorRT and
+ONNX Runtime (CUDA) "fp32" variants run with TF32 off (their engines' default). Each TensorRT
+engine is built once per model, size and precision (one profile for every batch size).
 Writes results.json and results.md into --out.
 """
 
@@ -19,8 +21,6 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from surgseg.checkpoint import CheckpointMeta, load_checkpoint
 from surgseg.engines import create_engine
 from surgseg.errors import SurgsegError
-from surgseg.export import synthetic_frames
+from surgseg.export import synthetic_frames, true_fp32
 from surgseg.tasks import class_names
 
 GPU_VARIANTS = [
@@ -61,17 +61,6 @@ def make_model(depth: int, checkpoint: str | None) -> tuple[torch.nn.Module, Che
     with torch.no_grad():
         model.classifier[-1].weight.mul_(20)
     return model, meta
-
-
-@contextmanager
-def true_fp32() -> Iterator[None]:
-    """TF32 off for convolutions and matmuls inside the block (the parity reference)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def time_ms(fn, x: torch.Tensor, *, warmup: int, runs: int, best: bool = False) -> float:
@@ -113,15 +102,20 @@ def flops_per_frame(model: torch.nn.Module, h: int, w: int) -> int:
     return counter.get_total_flops()
 
 
-def engine_options(name: str, options: dict, args, depth: int, hw: tuple, batch: int, calib):
-    """Per-run options: cache folders, the TensorRT profile, INT8 calibration frames."""
+def engine_options(name: str, options: dict, args, depth: int, hw: tuple, calib):
+    """Per-run options: cache folders, the TensorRT profile, INT8 calibration frames.
+
+    The profile does not depend on the batch being timed (batch 1..max, tuned for the largest),
+    so each TensorRT engine is built once per model, size and precision and then loaded from
+    the cache for the other batch sizes.
+    """
     options = dict(options)
     h, w = hw
     if name in ("onnxruntime", "tensorrt"):
         options["cache_dir"] = args.out / "cache" / f"r{depth}-{h}x{w}"
     if name == "tensorrt":
         top = max(args.batches)
-        options["profile"] = {"min": (1, 3, h, w), "opt": (batch, 3, h, w), "max": (top, 3, h, w)}
+        options["profile"] = {"min": (1, 3, h, w), "opt": (top, 3, h, w), "max": (top, 3, h, w)}
         if options["precision"] == "int8":
             options["calibration_batches"] = calib
     return options
@@ -180,7 +174,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
                 ref_mask = ref.argmax(1)
                 model.cpu()  # engines take their own copy to the device: clean memory figures
                 for name, options in variants:
-                    options = engine_options(name, options, args, depth, hw, batch, calib)
+                    options = engine_options(name, options, args, depth, hw, calib)
                     label = describe(name, options, device)
                     try:
                         row = measure(name, options, model, meta, x, ref_mask, args)

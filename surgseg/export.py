@@ -1,10 +1,10 @@
-"""Export to ONNX, check the export on ONNX Runtime, and quantize it for INT8 engines.
+"""Export to ONNX and check the export on ONNX Runtime against PyTorch.
 
 The exported graph takes ``image`` (float32, N×3×H×W, normalized) and returns ``logits``
 (N×classes×H×W) with dynamic batch, height and width. The checkpoint's metadata travels in the
 file's ``metadata_props`` so an ONNX file is self-describing. Reduced precision is baked into the
-graph (fp16/bf16 weights, or INT8 Q/DQ nodes), which is what TensorRT's strongly typed networks
-and ONNX Runtime both run.
+graph (fp16/bf16 weights here; INT8 Q/DQ nodes in ``surgseg.quantize``), which is what
+TensorRT's strongly typed networks and ONNX Runtime both run.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,11 +24,14 @@ from torch import nn
 
 from surgseg.atomic import atomic_path
 from surgseg.checkpoint import CheckpointMeta
-from surgseg.errors import CheckpointError, ConfigError, DatasetError
+from surgseg.errors import CheckpointError, ConfigError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CALIBRATION_METHODS = ("entropy", "minmax", "percentile")
+BF16_PARITY_SKIPPED = (
+    "skipped: ONNX Runtime's CPU provider has no bfloat16 convolution; check this export on a "
+    "GPU (engine=tensorrt precision=bf16)"
+)
 DEFAULT_CACHE_DIR = "~/.cache/surgseg"
 _META_KEYS = ("task", "class_names", "model", "input_size", "mean", "std", "provenance")
 
@@ -165,8 +169,23 @@ def synthetic_frames(
     return batches
 
 
+@contextmanager
+def true_fp32() -> Iterator[None]:
+    """TF32 off for CUDA convolutions and matmuls inside the block: the FP32 reference.
+
+    PyTorch's default lets cuDNN convolutions use TF32 on Ampere and newer GPUs.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def check_onnx(path: str | Path, model: nn.Module, frames: Sequence[torch.Tensor]) -> dict:
-    """Run ``path`` on ONNX Runtime (CPU) and ``model`` in PyTorch FP32 on each normalized batch.
+    """Run ``path`` on ONNX Runtime (CPU) and ``model`` in PyTorch FP32 (TF32 off on a GPU)
+    on each normalized batch.
 
     Returns the max |Δlogits| and the share of pixels whose argmax agrees, per batch and overall.
     """
@@ -177,7 +196,7 @@ def check_onnx(path: str | Path, model: nn.Module, frames: Sequence[torch.Tensor
     device = next(model.parameters()).device
     results = []
     for batch in frames:
-        with torch.inference_mode():
+        with torch.inference_mode(), true_fp32():
             ref = model(batch.to(device))["out"].float().cpu()
         out = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]).float()
         if out.shape != ref.shape:
@@ -197,94 +216,3 @@ def check_onnx(path: str | Path, model: nn.Module, frames: Sequence[torch.Tensor
         / sum(pixels),
         "batches": results,
     }
-
-
-def image_batches(
-    folder: str | Path,
-    *,
-    meta: CheckpointMeta,
-    input_size: tuple[int, int],
-    batch_size: int = 8,
-    limit: int = 256,
-) -> Iterator[np.ndarray]:
-    """Normalized float32 NCHW batches of up to ``limit`` images (png/jpg) from ``folder``,
-    resized to ``input_size``: calibration data for INT8."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
-    if not files:
-        raise DatasetError("no .png/.jpg images for INT8 calibration", folder)
-    mean = np.array(meta.mean, np.float32) * 255
-    std = np.array(meta.std, np.float32) * 255
-    h, w = input_size
-    files = files[:limit]
-    for start in range(0, len(files), batch_size):
-        images = []
-        for f in files[start : start + batch_size]:
-            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise DatasetError("unreadable image", f)
-            rgb = cv2.resize(
-                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (w, h), interpolation=cv2.INTER_AREA
-            )
-            images.append((rgb.astype(np.float32) - mean) / std)
-        yield np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
-
-
-def quantize_onnx(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    batches: Iterable[np.ndarray | torch.Tensor] | None,
-    method: str = "entropy",
-    calibration_cache: str | Path | None = None,
-) -> Path:
-    """Post-training INT8 quantization into explicit Q/DQ nodes (ONNX Runtime's quantizer).
-
-    Symmetric INT8 activations and per-channel symmetric INT8 weights, the form TensorRT runs.
-    Activation ranges are calibrated on ``batches`` (normalized float32 NCHW) and saved to
-    ``calibration_cache`` (JSON); when that file exists, ``batches`` may be None.
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    if method not in CALIBRATION_METHODS:
-        raise ConfigError(
-            f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}"
-        )
-    has_cache = calibration_cache is not None and Path(calibration_cache).is_file()
-    if batches is None and not has_cache:
-        raise ConfigError(
-            "INT8 needs calibration frames (engine.calibration.folder) or a calibration cache"
-        )
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(batches or ())
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._it, None)
-            if batch is None:
-                return None
-            return {INPUT_NAME: np.asarray(batch, dtype=np.float32)}
-
-    if calibration_cache is not None:
-        Path(calibration_cache).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
-        quantize_static(
-            str(src),
-            str(tmp),
-            calibration_data_reader=None if has_cache else _Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod[{"minmax": "MinMax"}.get(method, method.title())],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            calibration_cache_path=calibration_cache,
-        )
-    return Path(dst)

@@ -1,31 +1,47 @@
-"""Engines behind create_engine: torch and ONNX Runtime on the CPU, the TensorRT cache logic,
-clear errors for missing backends and bad options; TensorRT and CUDA paths on a GPU."""
+"""Engines behind create_engine: torch and ONNX Runtime on the CPU; the TensorRT logic that
+needs no GPU (cache keys and names, the cross-process build lock, profiles, version handling,
+capability checks, builder settings); clear errors for missing backends and bad options;
+TensorRT, ONNX Runtime CUDA and torch CUDA paths on a GPU."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from _engine_utils import sharpen_checkpoint
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import surgseg
 from surgseg.apps import CONF_DIR
 from surgseg.checkpoint import load_checkpoint
 from surgseg.engines import ENGINES, create_engine
 from surgseg.engines.cache import (
     Profile,
-    cache_paths,
+    build_once,
+    cache_path,
     engine_cache_key,
     profile_shapes,
     rebuild_reason,
-    write_sidecar,
+    sidecar_path,
+)
+from surgseg.engines.tensorrt_engine import (
+    INSTALL_HINT,
+    check_precision,
+    configure_builder,
+    network_flags,
+    trt_version,
 )
 from surgseg.errors import ConfigError
-from surgseg.export import synthetic_frames
+from surgseg.export import synthetic_frames, true_fp32
 from surgseg.predictor import Predictor
 
 CUDA = torch.cuda.is_available()
@@ -35,12 +51,17 @@ try:
     TRT = True
 except ImportError:
     TRT = False
+ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 needs_cuda = pytest.mark.skipif(
     not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
 )
 needs_trt = pytest.mark.skipif(
     not (CUDA and TRT),
     reason="needs a CUDA GPU and the tensorrt package (pip install 'surgseg[tensorrt]')",
+)
+needs_ort_cuda = pytest.mark.skipif(
+    not (CUDA and ORT_CUDA),
+    reason="needs a CUDA GPU and onnxruntime-gpu (this onnxruntime has no CUDA provider)",
 )
 
 
@@ -83,6 +104,10 @@ def test_every_engine_config_builds_or_fails_clearly(make_checkpoint, tmp_path):
             with pytest.raises(ConfigError, match=r"pip install 'surgseg\[tensorrt\]'"):
                 create_engine(name, model=model, meta=meta, device="cpu", **options)
             continue
+        if name == "onnxruntime" and CUDA and not ORT_CUDA:
+            with pytest.raises(ConfigError, match="onnxruntime-gpu"):
+                create_engine(name, model=model, meta=meta, device="cuda", **options)
+            continue
         engine = create_engine(
             name, model=model, meta=meta, device="cuda" if CUDA else "cpu", **options
         )
@@ -96,9 +121,16 @@ def test_missing_tensorrt_is_a_config_error(make_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt → ImportError
     with pytest.raises(ConfigError) as info:
         create_engine("tensorrt", model=model, meta=meta, device="cuda")
-    assert str(info.value) == (
-        "engine=tensorrt needs the tensorrt package and a CUDA GPU: pip install 'surgseg[tensorrt]'"
-    )
+    assert str(info.value) == INSTALL_HINT and "\n" not in INSTALL_HINT
+
+
+def test_cuda_provider_missing_is_a_config_error(make_checkpoint, monkeypatch):
+    model, meta = load_checkpoint(make_checkpoint())
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError) as info:
+        create_engine("onnxruntime", model=model, meta=meta, device="cuda")
+    message = str(info.value)
+    assert "no ['cuda'] execution provider" in message and "onnxruntime-gpu" in message
 
 
 @pytest.mark.parametrize(
@@ -151,6 +183,8 @@ def test_cache_key_changes_with_every_field_and_only_then():
         precision="int8",
         profile=replace(KEY["profile"], max=(4, 3, 512, 640)),
         onnx_sha256="cd" * 32,
+        tf32=True,
+        dla_core=0,
     )
     keys = {engine_cache_key(**{**KEY, field: value})["key"] for field, value in changes.items()}
     assert len(keys) == len(changes) and base["key"] not in keys
@@ -158,17 +192,169 @@ def test_cache_key_changes_with_every_field_and_only_then():
         engine_cache_key(**{**KEY, "precision": "fp8"})
 
 
+def test_cache_names_differ_by_precision_profile_and_gpu(tmp_path):
+    variants = [
+        KEY,
+        {**KEY, "precision": "fp32"},
+        {**KEY, "profile": replace(KEY["profile"], opt=(8, 3, 512, 640))},
+        {**KEY, "gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": (8, 0)},
+    ]
+    paths = [cache_path(tmp_path, "best", engine_cache_key(**v)) for v in variants]
+    assert len(set(paths)) == len(variants)
+    assert paths[1].name.startswith("best.fp32.") and paths[0].name.startswith("best.fp16.")
+    sidecars = {sidecar_path(p).name for p in paths}
+    assert len(sidecars) == len(variants) and "best.json" not in sidecars  # the export report
+
+
 def test_stale_engine_needs_rebuild(tmp_path):
-    engine, sidecar = cache_paths(tmp_path, "model", "fp16")
     key = engine_cache_key(**KEY)
-    assert rebuild_reason(engine, sidecar, key) == "no cached engine"
-    engine.write_bytes(b"plan")
-    write_sidecar(sidecar, key)
-    assert rebuild_reason(engine, sidecar, key) is None
+    engine = cache_path(tmp_path, "model", key)
+    assert rebuild_reason(engine, key) == "not cached"
+    assert build_once(engine, key, lambda tmp: tmp.write_bytes(b"plan")) == "not cached"
+    assert rebuild_reason(engine, key) is None
+    assert build_once(engine, key, lambda tmp: pytest.fail("rebuilt a cached engine")) is None
     newer = engine_cache_key(**{**KEY, "trt_version": "10.11.0"})
-    assert rebuild_reason(engine, sidecar, newer) == "stale engine: trt_version changed"
-    sidecar.write_text("{not json")
-    assert rebuild_reason(engine, sidecar, key) == "unreadable sidecar"
+    assert rebuild_reason(engine, newer) == "stale: trt_version changed"
+    sidecar_path(engine).write_text("{not json")
+    assert rebuild_reason(engine, key) == "unreadable sidecar"
+
+
+def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):
+    key = engine_cache_key(**KEY)
+    engine = cache_path(tmp_path, "model", key)
+
+    def crash(tmp):
+        tmp.write_bytes(b"half a pla")
+        raise RuntimeError("builder died")
+
+    with pytest.raises(RuntimeError, match="builder died"):
+        build_once(engine, key, crash)
+    assert not engine.exists() and not sidecar_path(engine).exists()
+    assert [p.name for p in tmp_path.iterdir()] == [engine.name + ".lock"]
+
+
+SLOW_WRITER = """
+import sys, time, types
+from pathlib import Path
+
+# The real surgseg/engines/cache.py, without running the packages' __init__ (torch): seconds.
+root = Path(sys.argv[3])
+for name, folder in (("surgseg", root), ("surgseg.engines", root / "engines")):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [str(folder)]
+from surgseg.engines.cache import build_once, engine_cache_key, profile_shapes
+
+engine, started = Path(sys.argv[1]), Path(sys.argv[2])
+key = engine_cache_key(gpu_name="GPU", compute_capability=(9, 0), trt_version="10.9.0",
+                       precision="fp16", profile=profile_shapes((1, 3, 64, 80), (1, 3, 64, 80),
+                       (8, 3, 64, 80)), onnx_sha256="ab" * 32)
+
+def slow(tmp):
+    with open(tmp, "wb") as f:
+        started.touch()
+        for _ in range(20):
+            f.write(b"x" * 1000)
+            f.flush()
+            time.sleep(0.05)
+        f.write(b"END")
+
+build_once(engine, key, slow)
+"""
+
+
+def test_second_process_waits_for_the_first_and_never_loads_half_a_plan(tmp_path):
+    key = engine_cache_key(
+        gpu_name="GPU",
+        compute_capability=(9, 0),
+        trt_version="10.9.0",
+        precision="fp16",
+        profile=profile_shapes((1, 3, 64, 80), (1, 3, 64, 80), (8, 3, 64, 80)),
+        onnx_sha256="ab" * 32,
+    )
+    engine, started = cache_path(tmp_path, "model", key), tmp_path / "started"
+    package = Path(surgseg.__file__).parent
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(engine), str(started), str(package)]
+    )
+    try:
+        while not started.exists():
+            assert writer.poll() is None, "the writer process died"
+            time.sleep(0.01)
+        assert not engine.exists()  # half written, under another name
+        t0 = time.monotonic()
+        reason = build_once(engine, key, lambda tmp: pytest.fail("built a second time"))
+        waited = time.monotonic() - t0
+    finally:
+        assert writer.wait(timeout=60) == 0
+    assert reason is None and waited > 0.3  # it waited for the lock, then found the plan
+    assert engine.read_bytes() == b"x" * 20_000 + b"END"
+
+
+def test_tensorrt_version_handling():
+    assert trt_version("10.3.0") == (10, 3)  # JetPack 6's system TensorRT
+    assert trt_version("10.13.2.6") == (10, 13)
+    assert trt_version("11.0.0.12") == (11, 0)
+    for bad, match in (("8.6.1.6", r"needs TensorRT ≥ 10\.0, found 8\.6\.1\.6"),
+                       ("unknown", "cannot read")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            trt_version(bad)
+    fake = SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=5))
+    assert network_flags(fake, (10, 3)) == 1 << 5  # opt in on 10.x
+    assert network_flags(fake, (11, 0)) == 0  # always strongly typed; the flag is deprecated
+
+
+def test_bf16_and_dla_capability_checks():
+    check_precision("bf16", (8, 0), "NVIDIA A100")
+    check_precision("fp16", (7, 5), "Tesla T4")
+    check_precision("int8", (8, 7), "Orin", dla_core=0)
+    with pytest.raises(ConfigError) as info:
+        check_precision("bf16", (7, 5), "Tesla T4")
+    assert str(info.value) == (
+        "engine.precision=bf16 needs a GPU of compute capability ≥ 8.0 (Ampere or newer); "
+        "Tesla T4 is 7.5: use precision=fp16"
+    )
+    with pytest.raises(ConfigError, match="DLA has no fp32"):
+        check_precision("fp32", (8, 7), "Orin", dla_core=0)
+    with pytest.raises(ConfigError, match="precision"):
+        check_precision("fp8", (9, 0), "H100")
+
+
+class _Recorder:
+    """A stand-in for IBuilderConfig that records what the engine sets."""
+
+    def __init__(self) -> None:
+        self.set, self.cleared, self.pools = [], [], {}
+
+    def set_flag(self, flag):
+        self.set.append(flag)
+
+    def clear_flag(self, flag):
+        self.cleared.append(flag)
+
+    def set_memory_pool_limit(self, pool, size):
+        self.pools[pool] = size
+
+
+FAKE_TRT = SimpleNamespace(
+    BuilderFlag=SimpleNamespace(TF32="TF32", GPU_FALLBACK="GPU_FALLBACK"),
+    MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
+    DeviceType=SimpleNamespace(DLA="DLA", GPU="GPU"),
+)
+
+
+def test_builder_settings_tf32_and_dla():
+    config = _Recorder()
+    configure_builder(FAKE_TRT, None, config, workspace_gb=2, tf32=False, dla_core=None)
+    assert config.cleared == ["TF32"] and config.set == []  # fp32 is FP32; no precision flags
+    assert config.pools == {"WORKSPACE": 2 << 30}
+    config = _Recorder()
+    jetson = SimpleNamespace(num_DLA_cores=2)
+    configure_builder(FAKE_TRT, jetson, config, workspace_gb=1, tf32=True, dla_core=1)
+    assert config.set == ["TF32", "GPU_FALLBACK"] and config.cleared == []
+    assert config.default_device_type == "DLA" and config.DLA_core == 1
+    with pytest.raises(ConfigError, match="dla_core=0, but this device has 0 DLA cores"):
+        configure_builder(FAKE_TRT, SimpleNamespace(num_DLA_cores=0), _Recorder(),
+                          workspace_gb=1, tf32=False, dla_core=0)  # fmt: skip
 
 
 def test_profile_validation():
@@ -192,27 +378,58 @@ def test_profile_validation():
         profile_shapes([1, 3, 256], [1, 3, 512, 640], [8, 3, 1024, 1280])
 
 
+def _reference(model, meta, x: torch.Tensor) -> torch.Tensor:
+    with true_fp32():
+        return create_engine("torch", model=model, meta=meta, device="cuda").infer(x)
+
+
 @pytest.mark.gpu
 @needs_trt
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
 def test_tensorrt_matches_torch_fp32(make_checkpoint, tmp_path, precision):
+    if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs compute capability ≥ 8.0")
     ckpt = sharpen_checkpoint(make_checkpoint("parts"))
     model, meta = load_checkpoint(ckpt)
     calib = synthetic_frames(meta, [(64, 80)] * 4, batch=4, seed=1) if precision == "int8" else None
     options = dict(precision=precision, cache_dir=tmp_path, calibration_batches=calib)
     engine = create_engine("tensorrt", model=model, meta=meta, device="cuda", **options)
     x = synthetic_frames(meta, [(64, 80)], batch=4, seed=2)[0].cuda()
-    out = engine.infer(x)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # the caller on a stream of its own: results still ordered
+        out = engine.infer(x * 1)
+        out = out.float().clone()
+    torch.cuda.current_stream().wait_stream(side)
     assert out.device.type == "cuda" and out.shape == (4, 4, 64, 80)
-    ref = create_engine("torch", model=model, meta=meta, device="cuda").infer(x)
+    ref = _reference(model, meta, x)
     minimum = 0.98 if precision == "int8" else 0.995
-    assert (out.float().argmax(1) == ref.argmax(1)).float().mean().item() >= minimum
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= minimum
     with pytest.raises(ConfigError, match="outside the TensorRT engine's profile"):
         engine.infer(torch.zeros(9, 3, 64, 80, device="cuda"))
+    assert f".{precision}." in engine.engine_path.name
     built = engine.engine_path.stat().st_mtime_ns
     create_engine("tensorrt", model=model, meta=meta, device="cuda", **options)
     assert engine.engine_path.stat().st_mtime_ns == built  # cached engine reused
     assert list(tmp_path.glob("timing-*.cache"))
+
+
+@pytest.mark.gpu
+@needs_ort_cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnxruntime_cuda_matches_torch_fp32(make_checkpoint, tmp_path, precision):
+    model, meta = load_checkpoint(sharpen_checkpoint(make_checkpoint("parts")))
+    engine = create_engine(
+        "onnxruntime", model=model, meta=meta, device="cuda", precision=precision,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    x = synthetic_frames(meta, [(64, 80)], batch=3, seed=4)[0].cuda()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        out = engine.infer(x * 1).float().clone()
+    torch.cuda.current_stream().wait_stream(side)
+    ref = _reference(model, meta, x)
+    assert out.shape == (3, 4, 64, 80)
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.995
 
 
 @pytest.mark.gpu

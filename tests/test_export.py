@@ -1,10 +1,12 @@
-"""ONNX export: ORT parity with PyTorch, dynamic shapes, metadata, INT8 Q/DQ, the app."""
+"""ONNX export: ORT parity with PyTorch, dynamic shapes, metadata, the app; INT8 Q/DQ for
+TensorRT (placement, types, calibration, caches)."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,15 +17,23 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from surgseg.apps import CONF_DIR
-from surgseg.apps.export import run
+from surgseg.apps.export import run, summary
 from surgseg.checkpoint import CheckpointMeta
-from surgseg.errors import ConfigError
+from surgseg.errors import ConfigError, DatasetError
 from surgseg.export import (
     check_onnx,
     export_onnx,
-    quantize_onnx,
     read_onnx_meta,
     synthetic_frames,
+    true_fp32,
+)
+from surgseg.preprocess import Preprocess
+from surgseg.quantize import (
+    _AbsHistogram,
+    cached_int8_onnx,
+    calibration_files,
+    calibration_frames,
+    quantize_onnx,
 )
 from surgseg.tasks import class_names
 
@@ -89,32 +99,151 @@ def test_fp16_export_runs_on_ort(exported, tmp_path):
     assert model.classifier[-1].weight.dtype == torch.float32  # the caller's model is untouched
 
 
-def test_int8_qdq_is_symmetric_and_cached(exported, tmp_path):
+def _graph_facts(proto: onnx.ModelProto) -> tuple[dict, dict, dict]:
+    """(initializers by name, producing node by tensor, consumers by tensor)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {out: n for n in proto.graph.node for out in n.output}
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    return inits, producer, consumers
+
+
+def test_int8_qdq_is_what_tensorrt_builds(exported, tmp_path):
     model, meta, path = exported
-    calib = [b.numpy() for b in synthetic_frames(meta, [(64, 80)] * 4, batch=2, seed=1)]
+    calib = [b.numpy() for b in synthetic_frames(meta, [(64, 80)] * 3, batch=2, seed=1)]
     cache = tmp_path / "calibration.json"
-    qdq = quantize_onnx(
-        path, tmp_path / "q.onnx", batches=calib, method="minmax", calibration_cache=cache
-    )
+    qdq = quantize_onnx(path, tmp_path / "q.onnx", frames=calib, method="minmax",
+                        calibration_cache=cache)  # fmt: skip
     proto = onnx.load(qdq)
-    ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
-    zero_points = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
-    zps = [zero_points[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-    assert all(z.dtype == np.int8 and not z.any() for z in zps)  # symmetric INT8, as TensorRT needs
-    assert cache.is_file()
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version >= 19  # fp16 Q/DQ scales
+    inits, producer, _ = _graph_facts(proto)
+    dtype = onnx.TensorProto
+
+    # TensorRT's DequantizeLinear takes INT8 only: no INT32 (quantized bias) inputs anywhere.
+    dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    for dq in dqs:
+        source = inits.get(dq.input[0])
+        q = producer.get(dq.input[0])
+        assert (source is not None and source.data_type == dtype.INT8) or (
+            q is not None and q.op_type == "QuantizeLinear"
+        ), dq.name
+        assert inits[dq.input[1]].data_type == dtype.FLOAT16  # scales: the fp16 output type
+        zero = onnx.numpy_helper.to_array(inits[dq.input[2]])
+        assert zero.dtype == np.int8 and not zero.any()  # symmetric
+    for q in (n for n in proto.graph.node if n.op_type == "QuantizeLinear"):
+        assert onnx.numpy_helper.to_array(inits[q.input[2]]).dtype == np.int8
+
+    # The logits: Resize ← the last Conv, unquantized, with fp16 weights and bias.
+    output = proto.graph.output[0]
+    assert output.type.tensor_type.elem_type == dtype.FLOAT16
+    resize = producer[output.name]
+    assert resize.op_type == "Resize"
+    logits_conv = producer[resize.input[0]]
+    assert logits_conv.op_type == "Conv"
+    assert all(inits[t].data_type == dtype.FLOAT16 for t in logits_conv.input[1:])
+    assert producer[logits_conv.input[0]].op_type == "Relu"
+
+    # Every other Conv: INT8 activation and per-channel INT8 weights, float bias.
+    convs = [n for n in proto.graph.node if n.op_type == "Conv" and n is not logits_conv]
+    assert len(convs) == 21
+    for conv in convs:
+        assert producer[conv.input[0]].op_type == "DequantizeLinear"
+        weight_dq = producer[conv.input[1]]
+        (axis,) = [a.i for a in weight_dq.attribute if a.name == "axis"]
+        weights = onnx.numpy_helper.to_array(inits[weight_dq.input[0]])
+        assert axis == 0 and weights.dtype == np.int8 and weights.min() >= -127
+        assert len(onnx.numpy_helper.to_array(inits[weight_dq.input[1]])) == len(weights)
+        if len(conv.input) > 2:
+            assert inits[conv.input[2]].data_type == dtype.FLOAT16
+
+    # Residual Adds: the input not coming straight from a Conv is quantized (TensorRT fuses
+    # the Conv into the Add); with Convs on both sides, exactly one.
+    for add in (n for n in proto.graph.node if n.op_type == "Add"):
+        sources = [producer[t].op_type for t in add.input]
+        assert sources.count("DequantizeLinear") == 1, sources
+        assert "Conv" in sources
+
     report = check_onnx(qdq, model, synthetic_frames(meta, [(64, 80)], batch=2, seed=2))
     assert report["agreement"] >= 0.95
-    again = quantize_onnx(
-        path, tmp_path / "q2.onnx", batches=None, method="minmax", calibration_cache=cache
-    )
-    assert again.read_bytes() == qdq.read_bytes()
-    with pytest.raises(ConfigError, match="calibration"):
-        quantize_onnx(
-            path, tmp_path / "q3.onnx", batches=None, calibration_cache=tmp_path / "none.json"
-        )
+    assert read_onnx_meta(qdq)[1] == "int8"
+
+    again = quantize_onnx(path, tmp_path / "q2.onnx", frames=None, method="minmax",
+                          calibration_cache=cache)  # fmt: skip
+    assert again.read_bytes() == qdq.read_bytes()  # the calibration cache alone suffices
+    with pytest.raises(ConfigError, match="calibration frames"):
+        quantize_onnx(path, tmp_path / "q3.onnx", frames=None, method="entropy",
+                      calibration_cache=cache)  # fmt: skip
     with pytest.raises(ConfigError, match="method"):
-        quantize_onnx(path, tmp_path / "q3.onnx", batches=calib, method="magic")
+        quantize_onnx(path, tmp_path / "q3.onnx", frames=calib, method="magic")
+    assert not (tmp_path / "q3.onnx").exists()
+
+
+def test_calibration_thresholds_on_known_distributions():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=1_000_000).astype(np.float32)
+    relu = np.maximum(normal, 0)
+    hist = _AbsHistogram()
+    hist.add(normal[:500_000] * 0.5)  # a narrower first frame: later bins are added
+    hist.add(normal[500_000:])
+    magnitudes = np.abs(np.concatenate([normal[:500_000] * 0.5, normal[500_000:]]))
+    assert hist.threshold("minmax") == magnitudes.max()
+    width = hist.width * -(-hist.counts.size // 2048)
+    assert abs(hist.threshold("percentile") - np.percentile(magnitudes, 99.99)) <= width
+    for x in (normal, relu):  # entropy keeps nearly all of a Gaussian, zeros or not
+        one = _AbsHistogram()
+        one.add(x)
+        amax = one.threshold("entropy")
+        assert 3.5 < amax < np.abs(x).max() and (np.abs(x) > amax).mean() < 1e-4
+
+
+def test_calibration_frames_are_prepared_like_inference(tmp_path):
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8), (0, 0), 2)
+    cv2.imwrite(str(tmp_path / "b.png"), image[..., ::-1])  # RGB on disk
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    (tmp_path / "notes.txt").write_text("not an image")
+    files = calibration_files(tmp_path, limit=1)
+    assert [f.name for f in files] == ["a.png"]
+    geometry = Preprocess((64, 80), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    (frame,) = calibration_frames(calibration_files(tmp_path)[1:], geometry)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(x, size=(64, 80), mode="bilinear", align_corners=False)
+    mean = torch.tensor(geometry.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(geometry.std).view(1, 3, 1, 1) * 255
+    np.testing.assert_allclose(frame, ((x - mean) / std).numpy(), atol=1e-5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"no \.png/\.jpg"):
+        calibration_files(tmp_path / "empty")
+
+
+def test_int8_cache_is_keyed_on_source_method_and_frames(exported, tmp_path):
+    _, meta, path = exported
+    calib = [b.numpy() for b in synthetic_frames(meta, [(64, 80)] * 2, batch=2, seed=1)]
+    first = cached_int8_onnx(path, tmp_path, method="minmax", frames=calib)
+    built = first.stat().st_mtime_ns
+    assert cached_int8_onnx(path, tmp_path, method="minmax", frames=calib) == first
+    assert first.stat().st_mtime_ns == built  # reused, not quantized again
+    other_method = cached_int8_onnx(path, tmp_path, method="percentile", frames=calib)
+    other_frames = cached_int8_onnx(path, tmp_path, method="minmax", frames=calib[:1])
+    assert len({first, other_method, other_frames}) == 3
+    assert len(list(tmp_path.glob("m.calibration-*.json"))) == 3
+    with pytest.raises(ConfigError, match=r"calibration\.folder"):
+        cached_int8_onnx(path, tmp_path, method="minmax")
+
+
+def test_true_fp32_turns_tf32_off_and_restores_it():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with true_fp32():
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_export_rejects_bad_settings(exported, tmp_path):
@@ -144,6 +273,17 @@ def test_export_app(make_checkpoint, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["binary.json", "binary.onnx"]
     meta, precision = read_onnx_meta(out / "binary.onnx")
     assert meta.task == "binary" and precision == "fp32"
+
+
+def test_bf16_export_skips_parity_with_a_stated_reason(make_checkpoint, tmp_path):
+    ckpt = make_checkpoint("binary")
+    out = tmp_path / "exports"
+    report = run(_compose(checkpoint=str(ckpt), output_dir=str(out), precision="bf16"))
+    assert report["passed"] is None and "no bfloat16 convolution" in report["parity"]
+    assert sorted(p.name for p in out.iterdir()) == ["binary.json", "binary.onnx"]
+    assert read_onnx_meta(out / "binary.onnx")[1] == "bf16"
+    line = summary(report)
+    assert "\n" not in line and "parity check skipped" in line
 
 
 def test_export_app_fails_cleanly(make_checkpoint, tmp_path):

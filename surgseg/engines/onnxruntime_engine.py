@@ -1,8 +1,17 @@
 """ONNX Runtime engine: CPU, CUDA or TensorRT execution provider.
 
 Without ``onnx_path`` the model is exported on the fly into ``cache_dir`` (named by a hash of
-its weights and metadata, so a changed model is exported again). On CUDA the torch input and
-output tensors are bound in place with io_binding: nothing goes through host memory.
+its weights and metadata, so a changed model is exported again).
+
+The CUDA and TensorRT providers come only with the ``onnxruntime-gpu`` package, which
+replaces ``onnxruntime`` (both install the same ``onnxruntime`` module): asking for them
+without it is a ConfigError that says how to switch. On CUDA the torch input and output tensors
+are bound in place with io_binding (nothing goes through host memory). With the CUDA provider
+the session runs on its own CUDA stream (``user_compute_stream``): that stream waits for the
+caller's current stream, the caller's stream waits for it, and ``run_with_iobinding`` returns
+without synchronizing the host. The TensorRT provider's Python options do not take a stream in
+every ONNX Runtime version, so with it the host waits for the input and for the run. fp32 on
+CUDA is FP32: the CUDA provider's TF32 convolutions are off unless ``tf32=True``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 PRECISIONS = ("fp32", "fp16")
+GPU_INSTALL = (
+    "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'surgseg[onnxruntime-gpu]'"
+)
 _ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
 
 
@@ -40,6 +52,7 @@ class OnnxRuntimeEngine(Engine):
         precision: "fp32" or "fp16" (the exported graph's type; TensorRT EP builds fp16 too).
         threads: intra-op threads on the CPU (0: ONNX Runtime's default).
         profile: optional {"min","opt","max"} NCHW shapes for the TensorRT provider.
+        tf32: let the CUDA provider's float32 convolutions use TF32 (off: fp32 is FP32).
     """
 
     name = "onnxruntime"
@@ -56,6 +69,7 @@ class OnnxRuntimeEngine(Engine):
         precision: str = "fp32",
         threads: int = 0,
         profile: dict[str, Sequence[int]] | None = None,
+        tf32: bool = False,
     ):
         try:
             import onnxruntime as ort
@@ -79,9 +93,11 @@ class OnnxRuntimeEngine(Engine):
         missing = [p for p in names if PROVIDERS[p] not in available]
         if missing:
             raise ConfigError(
-                f"onnxruntime has no {missing} execution provider (available: {available}); "
-                "for CUDA/TensorRT install onnxruntime-gpu instead of onnxruntime"
+                f"engine=onnxruntime: this onnxruntime has no {missing} execution provider "
+                f"(it has {available}); for CUDA/TensorRT install onnxruntime-gpu: {GPU_INSTALL}"
             )
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if onnx_path is None:
             if model is None or meta is None:
                 raise ConfigError("engine=onnxruntime needs onnx_path or a model to export")
@@ -92,11 +108,23 @@ class OnnxRuntimeEngine(Engine):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
-        index = self.device.index if self.device.index is not None else 0
+        index = self.device.index or 0
+        # The TensorRT provider cannot be given our stream in every version: host sync there.
+        self._stream = torch.cuda.Stream(self.device) if gpu == ["cuda"] else None
+        on_stream = (
+            {"user_compute_stream": str(self._stream.cuda_stream)}
+            if self._stream is not None
+            else {}
+        )
         cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / "ort-trt"
         provider_options = {
             "cpu": {},
-            "cuda": {"device_id": index, "cudnn_conv_algo_search": "EXHAUSTIVE"},
+            "cuda": {
+                "device_id": index,
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "use_tf32": int(tf32),
+                **on_stream,
+            },
             "tensorrt": {
                 "device_id": index,
                 "trt_fp16_enable": precision == "fp16",
@@ -112,6 +140,8 @@ class OnnxRuntimeEngine(Engine):
             sess_options=options,
             providers=[(PROVIDERS[p], provider_options[p]) for p in names],
         )
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.input_name = self.session.get_inputs()[0].name
         out = self.session.get_outputs()[0]
         self.output_name = out.name
@@ -132,7 +162,7 @@ class OnnxRuntimeEngine(Engine):
         return self._infer_cuda(batch)
 
     def _infer_cuda(self, batch: torch.Tensor) -> torch.Tensor:
-        """io_binding on torch's CUDA memory; the run waits for ONNX Runtime's stream to finish."""
+        """io_binding on torch's CUDA memory, run on the session's stream (see module doc)."""
         n, _, h, w = batch.shape
         out = torch.empty((n, self.num_classes, h, w), dtype=self.output_dtype, device=self.device)
         binding = self.session.io_binding()
@@ -147,8 +177,16 @@ class OnnxRuntimeEngine(Engine):
             tuple(out.shape),
             out.data_ptr(),
         )
-        torch.cuda.current_stream(self.device).synchronize()  # the input is written
-        self.session.run_with_iobinding(binding)
+        caller = torch.cuda.current_stream(self.device)
+        if self._stream is None:  # TensorRT provider: its own streams, synchronized with the host
+            caller.synchronize()  # the input is written
+            self.session.run_with_iobinding(binding)
+            return out
+        self._stream.wait_stream(caller)  # the input is written
+        self.session.run_with_iobinding(binding, self._run_options)
+        caller.wait_stream(self._stream)  # the caller's next work sees the output
+        batch.record_stream(self._stream)  # not reused elsewhere before the run is done
+        out.record_stream(self._stream)
         return out
 
     def close(self) -> None:

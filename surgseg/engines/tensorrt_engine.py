@@ -1,20 +1,30 @@
-"""TensorRT engine (TensorRT ≥ 10, name-based tensor API), built from the ONNX export.
+"""TensorRT engine (TensorRT 10 and 11, name-based tensor API), built from the ONNX export.
 
-Precision is carried by the ONNX graph and the network is strongly typed (required for
-explicit precision in TensorRT 10, the only mode in TensorRT 11): fp32/fp16/bf16 exports have
-weights of that type; int8 is explicit quantization, Q/DQ nodes from ONNX Runtime's quantizer
-calibrated on frames (``surgseg.export.quantize_onnx``, with a JSON calibration cache).
+Networks are strongly typed: precision lives in the ONNX graph (fp32/fp16/bf16 weights; INT8
+as explicit Q/DQ from ``surgseg.quantize``) and no precision builder flag is ever set. TensorRT
+10 needs the STRONGLY_TYPED creation flag for that; TensorRT 11 builds every network strongly
+typed (the flag is deprecated) and has removed the precision flags (``network_flags``). The builder
+enables TF32 for float32 layers by default: fp32 engines clear it unless ``tf32=True``, so
+"fp32" means FP32.
 
-Engines are cached in ``cache_dir`` with a sidecar key (GPU, compute capability, TensorRT
-version, precision, profile, ONNX hash; see ``engines/cache.py``); a mismatch rebuilds. The
-builder's timing cache is loaded and saved beside them. At run time torch CUDA tensors are bound
-by address and the engine runs on torch's current stream: no host copies.
+Engines are cached in ``cache_dir`` under names holding a digest of their key (GPU, compute
+capability, TensorRT version, precision, profile, ONNX hash, TF32, DLA core) and are built
+under a file lock (``engines/cache.py``). The builder's timing cache is kept beside them.
+
+At run time torch CUDA tensors are bound by address (no host copies) and the engine runs on
+its own CUDA stream: it waits for the caller's current stream (an event), and the caller's
+stream waits for it, so results are ordered without synchronizing the host, and nothing is
+enqueued on the legacy default stream (which TensorRT warns synchronizes).
+
+On Jetson, TensorRT 10 comes with JetPack as system Python bindings (no pip wheel); ``dla_core``
+runs the engine on a DLA core with GPU fallback for layers the DLA lacks (fp16/int8 only).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,26 +33,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgseg.atomic import atomic_path
 from surgseg.checkpoint import CheckpointMeta
 from surgseg.engines.base import Engine
 from surgseg.engines.cache import (
     PRECISIONS,
     Profile,
-    cache_paths,
+    build_once,
+    cache_path,
     engine_cache_key,
     file_sha256,
     profile_shapes,
-    rebuild_reason,
-    write_sidecar,
 )
 from surgseg.errors import ConfigError
-from surgseg.export import DEFAULT_CACHE_DIR, cached_onnx
+from surgseg.export import DEFAULT_CACHE_DIR, cached_onnx, read_onnx_meta
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = (
     "engine=tensorrt needs the tensorrt package and a CUDA GPU: pip install 'surgseg[tensorrt]'"
+    " (on Jetson, JetPack's system TensorRT)"
 )
+MIN_VERSION = (10, 0)
+BF16_CAPABILITY = (8, 0)
+DLA_PRECISIONS = ("fp16", "int8")
+CALIBRATION_KEYS = ("folder", "limit", "method")
 
 
 def import_tensorrt() -> Any:
@@ -52,8 +65,76 @@ def import_tensorrt() -> Any:
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     if not torch.cuda.is_available():
-        raise ConfigError(INSTALL_HINT + " (no CUDA GPU is visible)")
+        raise ConfigError(INSTALL_HINT + "; no CUDA GPU is visible")
     return trt
+
+
+def trt_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as "10.3.0" or "11.0.0.12"; ConfigError
+    below 10.0, the first with strongly typed networks and bf16 on the name-based API."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ConfigError(f"cannot read the TensorRT version {version!r}")
+    found = (int(match[1]), int(match[2]))
+    if found < MIN_VERSION:
+        raise ConfigError(
+            f"engine=tensorrt needs TensorRT ≥ {MIN_VERSION[0]}.{MIN_VERSION[1]}, found {version}"
+        )
+    return found
+
+
+def network_flags(trt: Any, version: tuple[int, int]) -> int:
+    """``create_network`` flags for a strongly typed network: the STRONGLY_TYPED bit on
+    TensorRT 10; nothing on 11, where every network is strongly typed and the flag is
+    deprecated."""
+    if version >= (11, 0):
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def check_precision(
+    precision: str, capability: tuple[int, int], gpu_name: str, dla_core: int | None = None
+) -> None:
+    """ConfigError if this GPU (or DLA) cannot run ``precision``: bf16 needs compute
+    capability ≥ 8.0; the DLA runs fp16 and int8 only."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"engine.precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and tuple(capability) < BF16_CAPABILITY:
+        raise ConfigError(
+            f"engine.precision=bf16 needs a GPU of compute capability ≥ 8.0 (Ampere or newer); "
+            f"{gpu_name} is {capability[0]}.{capability[1]}: use precision=fp16"
+        )
+    if dla_core is not None and precision not in DLA_PRECISIONS:
+        raise ConfigError(
+            f"engine.dla_core needs precision fp16 or int8 (the DLA has no {precision})"
+        )
+
+
+def configure_builder(
+    trt: Any,
+    builder: Any,
+    config: Any,
+    *,
+    workspace_gb: float,
+    tf32: bool,
+    dla_core: int | None,
+) -> None:
+    """Workspace, TF32 and DLA settings; no precision flag (the network is strongly typed)."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if dla_core is not None:
+        cores = builder.num_DLA_cores
+        if not 0 <= dla_core < cores:
+            raise ConfigError(
+                f"engine.dla_core={dla_core}, but this device has {cores} DLA cores "
+                "(DLA cores exist on Jetson AGX Orin/Xavier-class devices)"
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
 def default_profile(input_size: Sequence[int], max_batch: int = 8) -> Profile:
@@ -64,28 +145,32 @@ def default_profile(input_size: Sequence[int], max_batch: int = 8) -> Profile:
 
 def build_engine(
     onnx_path: str | Path,
-    engine_path: str | Path,
     *,
     profile: Profile,
     timing_cache: str | Path | None = None,
     workspace_gb: float = 4.0,
+    tf32: bool = False,
+    dla_core: int | None = None,
     input_name: str = "image",
-) -> None:
-    """Parse ``onnx_path`` into a strongly typed network, build it and write the plan atomically.
+) -> bytes:
+    """Parse ``onnx_path`` into a strongly typed network and return the serialized engine.
 
-    The timing cache file is read if present and written back after the build.
+    The timing cache file is read if present and written back (atomically) after the build.
     """
+    from surgseg.atomic import atomic_path
+
     trt = import_tensorrt()
+    version = trt_version(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt, version))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ConfigError(f"TensorRT cannot parse the ONNX file: {errors}", onnx_path)
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    configure_builder(trt, builder, config, workspace_gb=workspace_gb, tf32=tf32, dla_core=dla_core)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(opt_profile)
@@ -97,11 +182,10 @@ def build_engine(
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(plan)
     if timing_cache is not None:
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(config.get_timing_cache().serialize())
+    return bytes(plan)
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -123,13 +207,16 @@ class TensorRTEngine(Engine):
     Args:
         model, meta: the model; exported to ONNX in ``cache_dir`` unless ``onnx_path`` is given.
         device: a CUDA device.
-        precision: "fp32", "fp16", "bf16" or "int8".
+        precision: "fp32", "fp16", "bf16" (compute capability ≥ 8.0) or "int8".
         onnx_path: an existing surgseg export; its embedded precision must be ``precision``
-            (or fp32 for int8, which is quantized from it).
+            (for int8: an fp32 export, quantized here, or an int8 one from the cache).
         cache_dir: exports, engines, sidecars, timing and calibration caches.
         profile: {"min","opt","max"} NCHW shapes; default batch 1..8 at the model's input size.
         workspace_gb: builder workspace limit.
-        calibration: int8 only: {"folder": images, "batch_size", "limit", "method"}.
+        tf32: let float32 layers use TF32 (fp32 only; off by default, so fp32 is FP32).
+        dla_core: run on this DLA core (Jetson), with GPU fallback; fp16 or int8.
+        calibration: int8 only: {"folder": frames (png/jpg), "limit": frames used (64),
+            "method": "entropy" | "percentile" | "minmax"}.
         calibration_batches: int8 only: normalized float32 NCHW batches (instead of a folder).
     """
 
@@ -146,17 +233,23 @@ class TensorRTEngine(Engine):
         cache_dir: str | Path | None = None,
         profile: dict[str, Sequence[int]] | None = None,
         workspace_gb: float = 4.0,
+        tf32: bool = False,
+        dla_core: int | None = None,
         calibration: dict[str, Any] | None = None,
         calibration_batches: Iterable[np.ndarray | torch.Tensor] | None = None,
     ):
         if precision not in PRECISIONS:
             raise ConfigError(f"engine.precision must be one of {PRECISIONS}, got {precision!r}")
         trt = import_tensorrt()
+        trt_version(trt.__version__)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ConfigError(f"engine=tensorrt needs a CUDA device, got device={self.device}")
         if self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        gpu = torch.cuda.get_device_name(self.device)
+        capability = torch.cuda.get_device_capability(self.device)
+        check_precision(precision, capability, gpu, dla_core)
         cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
         onnx_file, meta = self._source_onnx(model, meta, onnx_path, cache_dir, precision)
         self.profile = (
@@ -164,42 +257,50 @@ class TensorRTEngine(Engine):
             if profile
             else default_profile(meta.input_size)
         )
-        if precision == "int8":
+        if precision == "int8" and read_onnx_meta(onnx_file)[1] != "int8":
             onnx_file = self._quantized(
                 onnx_file, meta, cache_dir, calibration, calibration_batches
             )
 
-        gpu = torch.cuda.get_device_name(self.device)
         key = engine_cache_key(
             gpu_name=gpu,
-            compute_capability=torch.cuda.get_device_capability(self.device),
+            compute_capability=capability,
             trt_version=trt.__version__,
             precision=precision,
             profile=self.profile,
             onnx_sha256=file_sha256(onnx_file),
+            tf32=tf32,
+            dla_core=dla_core,
         )
-        self.engine_path, sidecar = cache_paths(cache_dir, onnx_file.stem, precision)
-        reason = rebuild_reason(self.engine_path, sidecar, key)
+        self.engine_path = cache_path(cache_dir, onnx_file.stem, key)
+        tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{gpu}-trt{trt.__version__}")
+
+        def build(tmp: Path) -> None:
+            log.info("building TensorRT engine %s", self.engine_path)
+            plan = build_engine(
+                onnx_file,
+                profile=self.profile,
+                timing_cache=cache_dir / f"timing-{tag}.cache",
+                workspace_gb=workspace_gb,
+                tf32=tf32,
+                dla_core=dla_core,
+            )
+            tmp.write_bytes(plan)
+
         with torch.cuda.device(self.device):
-            if reason is not None:
-                log.info("building TensorRT engine %s (%s)", self.engine_path, reason)
-                tag = re.sub(r"[^A-Za-z0-9]+", "-", f"{gpu}-trt{trt.__version__}")
-                build_engine(
-                    onnx_file,
-                    self.engine_path,
-                    profile=self.profile,
-                    timing_cache=cache_dir / f"timing-{tag}.cache",
-                    workspace_gb=workspace_gb,
-                )
-                write_sidecar(sidecar, key)
+            build_once(self.engine_path, key, build)
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
+            if dla_core is not None:
+                self._runtime.DLA_core = dla_core
             self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if self.engine is None:
                 raise RuntimeError(
                     f"TensorRT could not load {self.engine_path}; delete it to rebuild"
                 )
             self.context = self.engine.create_execution_context()
+            self._stream = torch.cuda.Stream(self.device)
+        self._lock = threading.Lock()
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -219,15 +320,13 @@ class TensorRTEngine(Engine):
         precision: str,
     ) -> tuple[Path, CheckpointMeta]:
         """The ONNX export to build from (at the precision's weight type) and its metadata."""
-        from surgseg.export import read_onnx_meta
-
         graph_precision = "fp32" if precision == "int8" else precision
         if onnx_path is None:
             if model is None or meta is None:
                 raise ConfigError("engine=tensorrt needs onnx_path or a model to export")
             return cached_onnx(model, meta, cache_dir=cache_dir, precision=graph_precision), meta
         onnx_meta, stored = read_onnx_meta(onnx_path)
-        if stored != graph_precision:
+        if stored not in (graph_precision, precision):
             raise ConfigError(
                 f"ONNX file holds a {stored} graph; precision={precision} needs a "
                 f"{graph_precision} export (surgseg-export precision={graph_precision})",
@@ -243,46 +342,46 @@ class TensorRTEngine(Engine):
         calibration: dict[str, Any] | None,
         batches: Iterable[np.ndarray | torch.Tensor] | None,
     ) -> Path:
-        """Q/DQ INT8 version of ``onnx_file``; calibration ranges cached as JSON beside it."""
-        from surgseg.export import image_batches, quantize_onnx
+        """The INT8 Q/DQ version of ``onnx_file``, keyed on its hash and the calibration."""
+        from surgseg.preprocess import Preprocess
+        from surgseg.quantize import DEFAULT_LIMIT, DEFAULT_METHOD, cached_int8_onnx
 
         calibration = dict(calibration or {})
-        method = calibration.get("method", "entropy")
-        qdq = cache_dir / f"{onnx_file.stem}.qdq-{method}.onnx"
-        calib_cache = cache_dir / f"{onnx_file.stem}.calibration-{method}.json"
-        if qdq.is_file() and calib_cache.is_file():
-            return qdq
-        if batches is None and calibration.get("folder"):
-            batches = image_batches(
-                calibration["folder"],
-                meta=meta,
-                input_size=meta.input_size,
-                batch_size=int(calibration.get("batch_size", 8)),
-                limit=int(calibration.get("limit", 256)),
-            )
+        unknown = sorted(set(calibration) - set(CALIBRATION_KEYS))
+        if unknown:
+            raise ConfigError(f"engine.calibration has unknown keys {unknown}")
         if batches is not None:
-            batches = (np.asarray(b.cpu() if isinstance(b, torch.Tensor) else b) for b in batches)
-        return quantize_onnx(
+            batches = [np.asarray(b.cpu() if isinstance(b, torch.Tensor) else b) for b in batches]
+        return cached_int8_onnx(
             onnx_file,
-            qdq,
-            batches=batches,
-            method=method,
-            calibration_cache=calib_cache,
+            cache_dir,
+            method=calibration.get("method") or DEFAULT_METHOD,
+            frames=batches,
+            folder=calibration.get("folder"),
+            limit=int(calibration.get("limit") or DEFAULT_LIMIT),
+            preprocess=Preprocess(meta.input_size, meta.mean, meta.std),
         )
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, self.input_dtype).contiguous()
         self.profile.check(batch.shape)
-        if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
-            raise ConfigError(f"TensorRT rejected input shape {list(batch.shape)}")
-        shape = tuple(self.context.get_tensor_shape(self.output_name))
-        out = torch.empty(shape, dtype=self.output_dtype, device=self.device)
-        self.context.set_tensor_address(self.input_name, batch.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see its log)")
+        caller = torch.cuda.current_stream(self.device)
+        with self._lock:  # one execution context: shapes, addresses and enqueue go together
+            if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
+                raise ConfigError(f"TensorRT rejected input shape {list(batch.shape)}")
+            shape = tuple(self.context.get_tensor_shape(self.output_name))
+            out = torch.empty(shape, dtype=self.output_dtype, device=self.device)
+            self.context.set_tensor_address(self.input_name, batch.data_ptr())
+            self.context.set_tensor_address(self.output_name, out.data_ptr())
+            self._stream.wait_stream(caller)  # the input is written
+            if not self.context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see its log)")
+            caller.wait_stream(self._stream)  # the caller's next work sees the output
+        # Both tensors belong to the caller's stream; keep them from being reused by another
+        # stream before the engine has finished with them.
+        batch.record_stream(self._stream)
+        out.record_stream(self._stream)
         return out
 
     def close(self) -> None:
