@@ -343,6 +343,7 @@ def test_resume_continues_the_saved_run_as_the_readme_shows(app_run, tmp_path):
     assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 3)
     config = meta.provenance["config"]
     assert config["max_steps"] == 3 and config["batch_size"] == 4 and config["resume"] is True
+    assert config["num_workers"] == 0 and config["progress"] is False  # the run's, not defaults
     assert config["data"]["val_videos"] == ["b"] and Path(config["data"]["root"]).is_absolute()
 
 

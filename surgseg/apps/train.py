@@ -192,12 +192,12 @@ def resumed_settings(cfg: DictConfig, last: Path) -> dict[str, Any]:
     given = _plain(cfg)
     flat, defaults, before = _flat(given), _flat(_plain(_defaults())), _flat(saved)
     named = _overridden(cfg)
-    if any(not any(_under(k, [node]) for k in flat) for node in named):
-        asked = set(flat)  # an experiment: it may set any key, to any value
-    else:
-        asked = {k for k, v in flat.items() if v != defaults.get(k) or _under(k, named)}
-    asked -= {k for k, v in flat.items() if v == "???"}
-    changed = sorted(k for k in asked if not _under(k, RESUME_KEYS) and flat[k] != before.get(k))
+    unset = {k for k, v in flat.items() if v == "???"}
+    asked = {k for k, v in flat.items() if v != defaults.get(k) or _under(k, named)} - unset
+    # An experiment (a group merged at the top) may set any key, to any value: compare all.
+    experiment = any(not any(_under(k, [node]) for k in flat) for node in named)
+    compared = set(flat) - unset if experiment else asked
+    changed = sorted(k for k in compared if not _under(k, RESUME_KEYS) and flat[k] != before.get(k))
     if changed:
         allowed = ", ".join(RESUME_KEYS[2:])
         raise ConfigError(
