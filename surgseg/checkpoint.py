@@ -1,5 +1,8 @@
 """One self-contained checkpoint file: weights, model config, task, classes, input size,
-normalization and training provenance. Inference needs nothing but its path."""
+normalization and training provenance. Inference needs nothing but its path.
+
+A delivered model file (``best.pt``, the demo's ``model.pt``) holds just that; a resumable one
+(``last.pt``) also holds the training state, about twice the weights again with Adam."""
 
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ def save_checkpoint(
     meta: CheckpointMeta,
     train_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write the checkpoint atomically. ``train_state`` (optimizer, scheduler, RNG…) is kept
-    for resuming and ignored by inference."""
+    """Write the checkpoint atomically. ``train_state`` (optimizer, scheduler, RNG…) makes it
+    resumable and is ignored by inference; leave it out for a model file to deliver. It must
+    hold only tensors and plain Python values (files are read with ``weights_only``)."""
     module = getattr(model, "module", model)  # unwrap DDP
     payload = {
         "format": FORMAT,

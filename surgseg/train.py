@@ -1,13 +1,15 @@
 """Train the dilated ResNet FCN: one pure function from datasets to checkpoints.
 
-Writes into ``out_dir``: ``last.pt`` (every epoch and on Ctrl-C, with everything needed to
-resume exactly), ``best.pt`` (highest validation mIoU), ``metrics.csv`` and ``curves.png``.
-Runs data-parallel when a process group is initialised (see :mod:`surgseg.distributed`);
-only rank 0 writes or prints.
+Writes into ``out_dir``: ``last.pt`` (every epoch, at the step limit and on Ctrl-C, with
+everything needed to resume exactly), ``best.pt`` (highest validation mIoU; weights and
+metadata only, the file to deliver), ``metrics.csv`` and ``curves.png``. Runs data-parallel
+when a process group is initialised (see :mod:`surgseg.distributed`); only rank 0 writes or
+prints.
 
-Resuming is exact: the data order and the augmentation draws depend only on (seed, epoch,
-rank), and the checkpoint keeps the optimizer, scheduler, AMP scaler and RNG states plus the
-position inside the epoch.
+Resuming is exact: the data order depends only on (seed, epoch, rank) and each item's
+augmentation only on (seed, epoch, item), whatever the number of loader workers; the
+checkpoint keeps the optimizer, scheduler, AMP scaler and RNG states plus the position inside
+the epoch, and the learning-rate schedule spans the planned epochs, not the step limit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import csv
 import dataclasses
 import datetime
 import functools
+import itertools
 import math
 import platform
 import random
@@ -35,7 +38,8 @@ import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 import surgseg
@@ -90,7 +94,9 @@ def train(
         out_dir: output folder.
         optimizer: factory called with the model parameters, e.g.
             ``functools.partial(torch.optim.Adam, lr=1e-4)``.
-        epochs, max_steps: training length; with both, whichever ends first.
+        epochs, max_steps: training length; with both, whichever ends first. The
+            learning-rate schedule spans ``epochs`` (``max_steps`` when ``epochs`` is None),
+            so a run stopped by ``max_steps`` continues exactly when resumed with a larger one.
         batch_size: images per optimizer step and process.
         warmup_steps, poly_power: linear warm-up then poly decay, per step.
         grad_clip: max gradient norm, or None.
@@ -98,9 +104,10 @@ def train(
         aux_weight: weight of the auxiliary head's loss (when the model has one).
         dice_weight: weight of the soft Dice term (0 = cross-entropy only).
         device: ``"cpu"``, ``"cuda"``…; under ``torchrun`` the per-process device.
-        seed: seeds initialisation, data order and augmentation.
-        num_workers: data-loading worker processes.
-        resume: continue from ``out_dir/last.pt`` if it exists.
+        seed: seeds initialisation, data order and augmentation (non-negative).
+        num_workers: data-loading worker processes; the results do not depend on it.
+        resume: continue from ``out_dir/last.pt`` if it exists (same ``batch_size``, ``seed``
+            and number of processes).
         init_weights: torchvision ``fcn_resnet*`` state dict to start from.
         backbone_weights: ImageNet ResNet state dict to start from.
         sync_bn: synchronise batch-norm statistics across processes (CUDA only).
@@ -125,6 +132,8 @@ def train(
         raise ConfigError(f"val_every must be at least 1, got {val_every}")
     if any(n is not None and n < 1 for n in (epochs, max_steps)):
         raise ConfigError(f"epochs and max_steps must be positive, got {epochs} and {max_steps}")
+    if seed < 0:
+        raise ConfigError(f"seed must be non-negative, got {seed}")
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists() and not resume:
         raise ConfigError(
@@ -138,9 +147,11 @@ def train(
         raise ConfigError(
             f"batch_size {batch_size} is larger than the {len(sampler)} training images per process"
         )
-    total_steps = steps_per_epoch * epochs if epochs is not None else max_steps
-    total_steps = min(total_steps, max_steps or total_steps)
+    # The schedule spans the planned run; max_steps only says where to stop.
+    schedule_steps = steps_per_epoch * epochs if epochs is not None else max_steps
+    total_steps = min(schedule_steps, max_steps or schedule_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
+    settings = {"batch_size": batch_size, "seed": seed, "world_size": world}
 
     if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
@@ -154,13 +165,13 @@ def train(
     model.to(device, memory_format=memory_format)
     opt = optimizer(model.parameters())
     scheduler = build_scheduler(
-        opt, total_steps=total_steps, warmup_steps=warmup_steps, power=poly_power
+        opt, total_steps=schedule_steps, warmup_steps=warmup_steps, power=poly_power
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best": None}
     state["history"] = []
     if resume and last_path.exists():
-        state = _restore(last_path, meta, model, opt, scheduler, scaler)
+        state = _restore(last_path, meta, settings, model, opt, scheduler, scaler)
     elif resume and main:
         print(f"no {last_path} to resume: starting from scratch", file=sys.stderr)
 
@@ -184,23 +195,27 @@ def train(
         "val_images": len(val_set) if val_set is not None else 0,
     }
 
-    def checkpoint(path: Path) -> None:
+    def checkpoint(path: Path, *, resumable: bool) -> None:
+        """Save the model; with ``resumable``, also everything needed to continue."""
         row = state["history"][-1] if state["history"] else {}
         facts = {
             **base,
-            "epochs": state["epoch"],
+            "epochs": _epochs_done(state, steps_per_epoch),
             "steps": state["step"],
             "metrics": row,
             "best_val_miou": state["best"],
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
-        train_state = {
-            **state,
-            "optimizer": opt.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
-        }
+        train_state = None
+        if resumable:
+            train_state = {
+                **state,
+                "settings": settings,
+                "optimizer": opt.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": _rng_state(),
+            }
         save_checkpoint(
             path,
             model=model,
@@ -212,30 +227,32 @@ def train(
     loss_sum: torch.Tensor | None = None
     try:
         while state["step"] < total_steps:
-            epoch = state["epoch"]
+            epoch, done = state["epoch"], state["batch"]
             started = time.perf_counter()
             sampler.set_epoch(epoch)
             loader = _train_loader(
                 train_set,
-                sampler,
+                _Tail(sampler, done * batch_size),
                 batch_size=batch_size,
                 num_workers=num_workers,
-                seed=(seed, epoch, rank),
+                seed=seed,
+                epoch=epoch,
+                rank=rank,
                 pin_memory=device.type == "cuda",
             )
-            todo = min(steps_per_epoch, total_steps - (state["step"] - state["batch"]))
+            todo = min(steps_per_epoch, total_steps - (state["step"] - done))
             # Summed on the device: no host sync per step.
             loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
             net.train()
             bar = tqdm(
                 total=todo,
-                initial=state["batch"],
+                initial=done,
                 desc=f"epoch {epoch + 1}/{epochs}",
                 disable=not show,
                 leave=False,
                 dynamic_ncols=True,
             )
-            for images, targets in _skip(loader, state["batch"], todo):
+            for images, targets in itertools.islice(loader, todo - done):
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 targets = targets.to(device, non_blocking=True)
                 with _sigint_deferred():
@@ -262,8 +279,10 @@ def train(
             ddp.broadcast_buffers(model)
             loss_mean = torch.stack([loss_sum, loss_sum.new_tensor(state["batch"])]).cpu()
             ddp.all_reduce_sum(loss_mean)
+            # Stopped by the step limit inside the epoch: it stays open, to be continued.
+            complete = state["batch"] == steps_per_epoch
             row: dict[str, Any] = {
-                "epoch": epoch + 1,
+                "epoch": _epochs_done(state, steps_per_epoch),
                 "step": state["step"],
                 "lr": scheduler.get_last_lr()[0],
                 "train_loss": (loss_mean[0] / loss_mean[1]).item(),
@@ -288,25 +307,26 @@ def train(
             improved = row["val_miou"] is not None and (
                 state["best"] is None or row["val_miou"] > state["best"]
             )
-            # One update, so a Ctrl-C never leaves the epoch half-recorded.
+            # One update, so a Ctrl-C never leaves the epoch half-recorded. An open epoch
+            # keeps the mean of the processes' loss sums: each adds it back on resuming.
             state.update(
-                epoch=epoch + 1,
-                batch=0,
-                loss_sum=0.0,
+                epoch=epoch + complete,
+                batch=0 if complete else state["batch"],
+                loss_sum=0.0 if complete else loss_mean[0].item() / world,
                 history=[*state["history"], row],
                 best=row["val_miou"] if improved else state["best"],
             )
             if main:
-                checkpoint(last_path)
+                checkpoint(last_path, resumable=True)
                 if improved:
-                    checkpoint(best_path)
+                    checkpoint(best_path, resumable=False)
                 _write_csv(out_dir / "metrics.csv", state["history"], meta.class_names)
                 _log(row, epochs)
     except KeyboardInterrupt:
         if main:
             if state["batch"] and loss_sum is not None:
                 state["loss_sum"] = loss_sum.item()
-            checkpoint(last_path)
+            checkpoint(last_path, resumable=True)
             print(f"interrupted: saved {last_path}", file=sys.stderr)
         raise
 
@@ -315,7 +335,7 @@ def train(
         _plot_curves(curves, state["history"])
     final = state["history"][-1] if state["history"] else {}
     return {
-        "epochs": state["epoch"],
+        "epochs": _epochs_done(state, steps_per_epoch),
         "steps": state["step"],
         "train_loss": final.get("train_loss"),
         "val_miou": final.get("val_miou"),
@@ -351,8 +371,14 @@ def evaluate(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     rank, world = ddp.rank(), ddp.world_size()
     shard = Subset(dataset, range(rank, len(dataset), world))
+    # A private generator: validating never moves the global stream that dropout draws from,
+    # so a validation at a step limit leaves the rest of the run as it would have been.
     loader = DataLoader(
-        shard, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+        shard,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
     )
     metrics = SegmentationMetrics(num_classes)
     was_training = model.training
@@ -370,53 +396,70 @@ def evaluate(
 
 def _train_loader(
     dataset: Dataset,
-    sampler: DistributedSampler,
+    sampler: Sampler[int],
     *,
     batch_size: int,
     num_workers: int,
-    seed: tuple[int, int, int],
+    seed: int,
+    epoch: int,
+    rank: int,
     pin_memory: bool,
 ) -> DataLoader:
-    """A loader whose order and augmentation depend only on ``seed`` = (seed, epoch, rank)."""
-    entropy = np.random.SeedSequence(seed).generate_state(2)
-    if num_workers == 0:
-        _seed_transform(dataset, int(entropy[0]))
+    """A loader of ``dataset`` in ``sampler``'s order whose augmentation draws depend only on
+    (seed, epoch, item index): not on where in the epoch it starts nor on the workers."""
+    entropy = np.random.SeedSequence((seed, epoch, rank)).generate_state(1)
     return DataLoader(
-        dataset,
+        _Reseeded(dataset, seed=seed, epoch=epoch),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         drop_last=True,
         pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(int(entropy[1])),
+        generator=torch.Generator().manual_seed(int(entropy[0])),
         worker_init_fn=_seed_worker,
     )
 
 
+class _Reseeded(Dataset):
+    """``dataset`` whose albumentations pipeline (``dataset.transform``, which ignores global
+    seeds) is reseeded from (seed, epoch, index) before each item is read."""
+
+    def __init__(self, dataset: Dataset, *, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+        self.transform = getattr(dataset, "transform", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        if hasattr(self.transform, "set_random_seed"):
+            entropy = np.random.SeedSequence((self.seed, self.epoch, index)).generate_state(1)
+            self.transform.set_random_seed(int(entropy[0]))
+        return self.dataset[index]
+
+
+class _Tail(Sampler[int]):
+    """The indices of ``sampler`` from position ``start`` on: the rest of an epoch."""
+
+    def __init__(self, sampler: Sampler[int], start: int):
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+
 def _seed_worker(worker_id: int) -> None:
-    """Give each worker its own augmentation stream, derived from the loader's generator."""
-    worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
-    _seed_transform(torch.utils.data.get_worker_info().dataset, worker_seed)
+    """Give each worker its own global NumPy stream, derived from the loader's generator."""
+    np.random.seed(torch.initial_seed() % 2**32)
 
 
-def _seed_transform(dataset: Dataset, seed: int) -> None:
-    """Reseed an albumentations pipeline (``dataset.transform``), which ignores global seeds."""
-    transform = getattr(dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-
-
-def _skip(loader: DataLoader, done: int, todo: int) -> Iterator[Any]:
-    """Batches ``done``..``todo`` of ``loader``; earlier ones are loaded and dropped so the
-    augmentation streams advance exactly as in an uninterrupted epoch."""
-    if done >= todo:
-        return
-    for i, batch in enumerate(loader):
-        if i >= todo:
-            return
-        if i >= done:
-            yield batch
+def _epochs_done(state: dict[str, Any], steps_per_epoch: int) -> float:
+    """Epochs trained, with the open epoch's fraction (1.5 = half-way through the second)."""
+    epochs, batch = divmod(state["epoch"] * steps_per_epoch + state["batch"], steps_per_epoch)
+    return round(epochs + batch / steps_per_epoch, 4) if batch else epochs
 
 
 @contextmanager
@@ -438,11 +481,17 @@ def _sigint_deferred() -> Iterator[None]:
 def _restore(
     path: Path,
     meta: CheckpointMeta,
+    settings: dict[str, int],
     model: nn.Module,
     opt: Optimizer,
-    scheduler: Any,
+    scheduler: LambdaLR,
     scaler: torch.amp.GradScaler,
 ) -> dict[str, Any]:
+    """Load the training state of ``path`` into the given objects; return the loop state.
+
+    ``settings`` (batch size, seed, number of processes) must be those of the saved run: they
+    fix the data order and the position inside the epoch.
+    """
     payload = read_checkpoint(path)
     saved = payload["meta"]
     if saved["class_names"] != list(meta.class_names) or saved["model"] != dict(meta.model):
@@ -452,12 +501,26 @@ def _restore(
     state = payload["train_state"]
     if not state:
         raise CheckpointError("holds no training state to resume from", path)
+    was = state.pop("settings", settings)
+    if was != settings:
+        raise CheckpointError(
+            f"was trained with {_describe(was)}; cannot resume with {_describe(settings)}", path
+        )
     model.load_state_dict(payload["state_dict"])
     opt.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
+    # The schedule may be longer now (more epochs): follow it from the current step.
+    for group, base_lr, factor in zip(
+        opt.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
     scaler.load_state_dict(state.pop("scaler"))
     _set_rng_state(state.pop("rng"))
     return state
+
+
+def _describe(settings: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in settings.items())
 
 
 def _rng_state() -> dict[str, Any]:

@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 
 from surgseg.apps import CONF_DIR
 from surgseg.apps.demo import run
+from surgseg.checkpoint import read_checkpoint
 
 
 def test_tiny_demo_writes_everything(tmp_path):
@@ -37,6 +38,11 @@ def test_tiny_demo_writes_everything(tmp_path):
     ):
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "heldout" / "masks").glob("*.png"))) == 5
+    # One delivered model (weights and metadata); the training state stays in train/last.pt.
+    pt_files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pt"))
+    assert pt_files == ["model.pt", "train/last.pt"]
+    assert read_checkpoint(tmp_path / "model.pt")["train_state"] is None
+    assert read_checkpoint(tmp_path / "train" / "last.pt")["train_state"]["step"] > 0
     assert json.loads((tmp_path / "heldout" / "run.json").read_text())["frames"]["processed"] == 5
     report = (tmp_path / "report.md").read_text()
     assert f"| binary IoU (tool) | {result['binary']['iou'][1]:.3f} |" in report

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +14,10 @@ import pytest
 import torch
 
 from surgseg.checkpoint import load_checkpoint, read_checkpoint
-from surgseg.errors import ConfigError
+from surgseg.errors import CheckpointError, ConfigError
 from surgseg.predictor import Predictor
-from surgseg.train import train
-from tests._train_utils import SIZE, rectangles, train_kwargs
+from surgseg.train import evaluate, train
+from tests._train_utils import SIZE, rectangles, tiny_meta, train_kwargs
 
 # One intra-op thread: the CPU is shared, and two threads contend badly.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,6 +34,21 @@ def deterministic():
 def trained(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run")
     return out, train(**train_kwargs(out_dir=out, epochs=6))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted run of ``train_kwargs`` (4 epochs of 2 steps), the reference of the
+    resume tests; deterministic and on one thread, like them."""
+    out = tmp_path_factory.mktemp("straight")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return out, train(**train_kwargs(out_dir=out))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
 
 
 def test_loss_decreases_and_the_model_learns(trained):
@@ -77,8 +96,8 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("interrupt_at", [16, 21], ids=["epoch-boundary", "mid-epoch"])
-def test_ctrl_c_then_resume_is_exact(tmp_path, deterministic, interrupt_at):
-    whole = train(**train_kwargs(out_dir=tmp_path / "whole"))
+def test_ctrl_c_then_resume_is_exact(tmp_path, deterministic, straight, interrupt_at):
+    whole_dir, whole = straight
 
     # 8 training items are read per epoch: 16 = first read of epoch 3, 21 = inside its 2nd batch.
     cut = tmp_path / "cut"
@@ -97,12 +116,69 @@ def test_ctrl_c_then_resume_is_exact(tmp_path, deterministic, interrupt_at):
         train(**train_kwargs(out_dir=cut))
     resumed = train(**train_kwargs(out_dir=cut, resume=True))
 
-    a, b = _final_weights(tmp_path / "whole"), _final_weights(cut)
+    a, b = _final_weights(whole_dir), _final_weights(cut)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["train_loss"] == whole["train_loss"]
     assert resumed["val_miou"] == whole["val_miou"]
     assert (cut / "metrics.csv").read_text().count("\n") == 5
+
+
+def test_max_steps_stop_then_resume_is_exact(tmp_path, deterministic, straight):
+    """Stopped by max_steps inside epochs 2 and 3, resumed with larger limits (the last time
+    with two loader workers): the same weights, losses and scores as one straight run."""
+    whole_dir, whole = straight
+    cut = tmp_path / "cut"
+    first = train(**train_kwargs(out_dir=cut, max_steps=3))
+    assert first["steps"] == 3 and first["epochs"] == 1.5
+    state = read_checkpoint(cut / "last.pt")["train_state"]
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 3)
+    train(**train_kwargs(out_dir=cut, max_steps=5, resume=True))
+    resumed = train(**train_kwargs(out_dir=cut, resume=True, num_workers=2))
+
+    a, b = _final_weights(whole_dir), _final_weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["steps"] == whole["steps"] == 8
+    assert resumed["train_loss"] == whole["train_loss"]
+    assert resumed["val_miou"] == whole["val_miou"]
+    with (whole_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    with (cut / "metrics.csv").open() as f:
+        cut_rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in cut_rows] == ["1", "1.5", "2", "2.5", "3", "4"]
+    complete = [r for r in cut_rows if "." not in r["epoch"]]
+    for key in ("step", "lr", "train_loss", "val_miou"):
+        assert [r[key] for r in complete] == [r[key] for r in rows], key
+
+
+def test_more_epochs_on_resume_follow_the_longer_schedule(straight, tmp_path):
+    """The 4-epoch run ended at learning rate 0; with 6 epochs its next step runs at the
+    longer schedule's rate, not at the 0 the optimizer was saved with."""
+    shutil.copy(straight[0] / "last.pt", tmp_path / "last.pt")
+    before = read_checkpoint(tmp_path / "last.pt")["state_dict"]
+    result = train(**train_kwargs(out_dir=tmp_path, epochs=6, max_steps=9, resume=True))
+    after = result["model"].state_dict()
+    assert result["steps"] == 9
+    assert not torch.equal(before["backbone.conv1.weight"], after["backbone.conv1.weight"])
+    with (tmp_path / "metrics.csv").open() as f:
+        lr = float(list(csv.DictReader(f))[-1]["lr"])
+    assert lr == pytest.approx(1e-3 * (1 - (9 - 2) / (12 - 2)) ** 0.9)
+
+
+def test_delivered_model_file_holds_weights_and_metadata_only(trained):
+    out, _ = trained
+    best, last = read_checkpoint(out / "best.pt"), read_checkpoint(out / "last.pt")
+    assert best["train_state"] is None and last["train_state"]["optimizer"]["state"]
+    # Adam keeps two moments per weight: the resumable file is about three times the model.
+    assert (out / "best.pt").stat().st_size < 0.4 * (out / "last.pt").stat().st_size
+    model, meta = load_checkpoint(out / "best.pt", task="binary")
+    assert meta.input_size == SIZE and not model.training
+
+
+def test_resume_refuses_another_batch_size(trained, tmp_path):
+    shutil.copy(trained[0] / "last.pt", tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="batch_size 4, seed 3, world_size 1; cannot"):
+        train(**train_kwargs(out_dir=tmp_path, epochs=6, resume=True, batch_size=2))
 
 
 def test_resume_of_a_finished_run_changes_nothing(trained, tmp_path):
@@ -113,7 +189,7 @@ def test_resume_of_a_finished_run_changes_nothing(trained, tmp_path):
 
 def test_max_steps_stops_inside_an_epoch(tmp_path):
     result = train(**train_kwargs(out_dir=tmp_path, epochs=None, max_steps=3, val_set=None))
-    assert result["steps"] == 3 and result["epochs"] == 2
+    assert result["steps"] == 3 and result["epochs"] == 1.5
     assert result["best"] is None and result["val_miou"] is None
     assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
 
@@ -130,22 +206,46 @@ def test_bad_settings_are_config_errors(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_augmentation_differs_between_epochs_but_repeats_per_seed():
-    from surgseg.train import _train_loader
+def test_validation_leaves_the_training_random_streams_alone():
+    """Dropout draws from the global stream: a validation (at a step limit, say) must not
+    move it, or the run would go on differently from one without that validation."""
+    model = tiny_meta().build()
+    before = torch.get_rng_state()
+    evaluate(model, rectangles(4, augment=False, seed=1), num_classes=2, batch_size=2)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_augmentation_depends_on_seed_epoch_and_item_only():
+    """Each item is augmented the same way whether its epoch is read whole or from the middle
+    (a resumed epoch), with or without loader workers; another epoch draws anew."""
+    from surgseg.train import _Tail, _train_loader
 
     data = rectangles(8)
     sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, seed=0)
 
-    def epoch_batches(epoch: int) -> list[np.ndarray]:
+    def epoch_batches(epoch: int, *, start: int = 0, num_workers: int = 0) -> list[np.ndarray]:
         sampler.set_epoch(epoch)
         loader = _train_loader(
-            data, sampler, batch_size=4, num_workers=0, seed=(0, epoch, 0), pin_memory=False
+            data,
+            _Tail(sampler, start),
+            batch_size=2,
+            num_workers=num_workers,
+            seed=0,
+            epoch=epoch,
+            rank=0,
+            pin_memory=False,
         )
         return [m.numpy() for _, m in loader]
 
-    first, again, second = epoch_batches(0), epoch_batches(0), epoch_batches(1)
-    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    first, second = epoch_batches(0), epoch_batches(1)
+    assert len(first) == 4
     assert not all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
+    for again in (
+        epoch_batches(0),
+        [*first[:1], *epoch_batches(0, start=2)],
+        [*first[:2], *epoch_batches(0, start=4, num_workers=2)],
+    ):
+        assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
 
 
 def _compose(overrides: list[str]):
@@ -196,6 +296,142 @@ def test_app_trains_from_the_composed_config(tmp_path, clips):
     assert prov["config"]["optim"]["lr"] == 1e-4 and "hydra" not in prov["config"]
     assert prov["train_images"] == 8 and prov["val_images"] == 4
     assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "metrics.csv", "curves.png"}
+
+
+APP_RUN = [
+    "model=resnet18",
+    "task=parts",
+    "data.val_videos=[b]",
+    "input_size=[64,80]",
+    "epochs=2",
+    "max_steps=1",
+    "batch_size=4",
+    "num_workers=0",
+    "progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def app_run(tmp_path_factory, clips) -> Path:
+    """A run folder of the app stopped by max_steps after 1 of its 4 planned steps."""
+    from surgseg.apps.train import run
+
+    out = tmp_path_factory.mktemp("app") / "run"
+    assert run(_compose([*APP_RUN, f"data.root={clips}", f"output_dir={out}"]))["steps"] == 1
+    return out
+
+
+def _train_cli(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "surgseg.apps.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_resume_continues_the_saved_run_as_the_readme_shows(app_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(app_run, out)
+    proc = _train_cli(f"output_dir={out}", "resume=true", "max_steps=3")
+    assert proc.returncode == 0, proc.stderr
+    assert "surgseg-train: 3 steps" in proc.stdout
+    _, meta = load_checkpoint(out / "last.pt", task="parts")
+    assert meta.input_size == (64, 80) and meta.model["output_stride"] == 8
+    state = read_checkpoint(out / "last.pt")["train_state"]
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 3)
+    config = meta.provenance["config"]
+    assert config["max_steps"] == 3 and config["batch_size"] == 4 and config["resume"] is True
+    assert config["num_workers"] == 0 and config["progress"] is False  # the run's, not defaults
+    assert config["data"]["val_videos"] == ["b"] and Path(config["data"]["root"]).is_absolute()
+
+
+def test_resume_with_the_original_overrides_repeated(app_run, clips, tmp_path):
+    from surgseg.apps.train import run
+
+    out = tmp_path / "run"
+    shutil.copytree(app_run, out)
+    cfg = _compose([*APP_RUN, f"data.root={clips}", f"output_dir={out}", "resume=true"])
+    assert run(cfg)["steps"] == 1  # nothing left to do up to max_steps=1
+    result = run(_compose([*APP_RUN, f"data.root={clips}", f"output_dir={out}", "resume=true",
+                           "max_steps=2", "device=cpu"]))  # fmt: skip
+    assert result["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["batch_size=2", "task=binary"], "batch_size, task"),
+        (["batch_size=8"], "batch_size"),  # the default value, but not the run's
+        (["model=resnet34"], "model.depth"),
+        (
+            ["+experiment=synthetic_resnet18"],  # may set any key: all are compared
+            "augment.eval.ops, augment.train.ops, batch_size, crop_scale, crop_size, "
+            "data.val_videos, input_size, optim.lr, warmup_steps",
+        ),
+    ],
+)
+def test_resume_refuses_changes_naming_the_keys(app_run, overrides, keys):
+    from surgseg.apps.train import run
+
+    with pytest.raises(ConfigError, match=f"cannot change {keys} "):
+        run(_compose([f"output_dir={app_run}", "resume=true", *overrides]))
+
+
+def test_a_new_run_into_a_used_folder_is_refused_before_the_data_is_looked_at(app_run):
+    from surgseg.apps.train import run
+
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        run(_compose([f"output_dir={app_run}"]))  # no data.root
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=abc", "batch_size must be a positive integer, got 'abc'"),
+        ("batch_size=0", "batch_size must be a positive integer, got 0"),
+        ("batch_size=-4", "batch_size must be a positive integer, got -4"),
+        ("batch_size=2.5", "batch_size must be a positive integer, got 2.5"),
+        ("epochs=0", "epochs must be null or a positive integer, got 0"),
+        ("max_steps=-1", "max_steps must be null or a positive integer, got -1"),
+        ("num_workers=-1", "num_workers must be a non-negative integer, got -1"),
+        ("warmup_steps=x", "warmup_steps must be a non-negative integer, got 'x'"),
+        ("seed=-3", "seed must be a non-negative integer, got -3"),
+        ("val_every=0", "val_every must be a positive integer, got 0"),
+        ("grad_clip=0", "grad_clip must be null or a positive number, got 0"),
+        ("dice_weight=-1", "dice_weight must be a non-negative number, got -1"),
+        ("aux_weight=nan", "aux_weight must be a non-negative number, got nan"),
+        ("poly_power=abc", "poly_power must be a non-negative number, got 'abc'"),
+        ("amp=fp8", "amp must be null, 'bf16' or 'fp16', got 'fp8'"),
+        ("resume=maybe", "resume must be true or false, got 'maybe'"),
+        ("crop_scale=[0.5,0.2]", "crop_scale must be [low, high] with 0 < low <= high <= 1"),
+        ("crop_size=[0,80]", "crop_size must be [height, width] in pixels, got [0, 80]"),
+        ("input_size=[30,40]", "input_size must be [height, width], each at least 32"),
+        ("optim.lr=abc", "optim.lr must be a positive number, got 'abc'"),
+        ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
+        ("+optim.bogus=1", "optim: "),
+        ("epochs=null", "give epochs or max_steps"),
+    ],
+)
+def test_bad_training_values_name_the_key_before_any_work(tmp_path, override, message):
+    from surgseg.apps.train import run
+
+    cfg = _compose(
+        [f"data.root={tmp_path / 'missing'}", f"output_dir={tmp_path / 'run'}", override]
+    )
+    with pytest.raises(ConfigError) as error:
+        run(cfg)
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_on_the_command_line_is_one_line(clips, tmp_path):
+    proc = _train_cli(f"data.root={clips}", f"output_dir={tmp_path / 'run'}", "batch_size=abc")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "surgseg-train: error: batch_size must be a positive integer, got 'abc'"
+    )
 
 
 EXPERIMENTS = sorted(

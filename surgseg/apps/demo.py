@@ -1,9 +1,13 @@
 """surgseg-demo: generate synthetic surgeries, train a small model, process a held-out clip
-and write a report; see conf/demo.yaml."""
+and write a report; see conf/demo.yaml.
+
+The delivered model is ``model.pt`` (weights and metadata, from the best validation epoch);
+``train/last.pt`` keeps the training state, to continue with ``surgseg-train ... resume=true``.
+"""
 
 from __future__ import annotations
 
-import shutil
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +84,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trained = train_app.run(train_cfg)
     train_time = time.perf_counter() - started
     checkpoint = out / "model.pt"
-    shutil.copyfile(out / "train" / "best.pt", checkpoint)
+    os.replace(trained["best"], checkpoint)  # one delivered model file, not a copy
 
     _say("[3/4] processing the held-out clip")
     infer_cfg = compose(

@@ -1,28 +1,124 @@
 """surgseg-train: train a segmentation model; see conf/train.yaml.
 
-Under ``torchrun`` every process runs this app; they train data-parallel and only rank 0
-writes and prints.
+``resume=true`` continues the run in ``output_dir`` with the configuration saved in its
+``last.pt``; only the keys of ``RESUME_KEYS`` may be given anew. Under ``torchrun`` every
+process runs this app; they train data-parallel and only rank 0 writes and prints.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from surgseg.apps import CONF_DIR, cli_errors
 from surgseg.augment import TransformedSet, build_transform, instantiate_ops
-from surgseg.checkpoint import CheckpointMeta
+from surgseg.checkpoint import CheckpointMeta, read_checkpoint
 from surgseg.datasets import SegmentationSet, build_dataset, preflight
 from surgseg.distributed import close_distributed, init_distributed
-from surgseg.train import train
+from surgseg.errors import CheckpointError, ConfigError
+from surgseg.preprocess import check_input_size
+from surgseg.train import AMP_DTYPES, train
 
 ARCH_KEYS = ("depth", "output_stride", "head", "aux_loss")
+# What a resumed run may be given anew: where the run is, how long it goes on (a larger
+# max_steps continues exactly; more epochs lengthen the learning-rate schedule) and how it
+# runs. Everything else is the saved run's.
+RESUME_KEYS = ("output_dir", "resume", "epochs", "max_steps", "device", "num_workers", "progress")
+
+
+def _integer(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or test(v)
+
+
+def _pair(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) == 2 and all(map(test, v))
+
+
+def _flag(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _non_negative(v: Any) -> bool:
+    return _number(v) and v >= 0
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+# The training keys: what each must be, and the test of it.
+CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "batch_size": ("a positive integer", _integer(1)),
+    "val_every": ("a positive integer", _integer(1)),
+    "epochs": ("null or a positive integer", _optional(_integer(1))),
+    "max_steps": ("null or a positive integer", _optional(_integer(1))),
+    "num_workers": ("a non-negative integer", _integer(0)),
+    "warmup_steps": ("a non-negative integer", _integer(0)),
+    "seed": ("a non-negative integer", _integer(0)),
+    "poly_power": ("a non-negative number", _non_negative),
+    "aux_weight": ("a non-negative number", _non_negative),
+    "dice_weight": ("a non-negative number", _non_negative),
+    "grad_clip": ("null or a positive number", _optional(_positive)),
+    "optim.lr": ("a positive number", _positive),
+    "amp": ("null, 'bf16' or 'fp16'", lambda v: v is None or v in AMP_DTYPES),
+    "resume": ("true or false", _flag),
+    "sync_bn": ("true or false", _flag),
+    "channels_last": ("true or false", _flag),
+    "progress": ("true or false", _flag),
+    "crop_size": ("[height, width] in pixels", _pair(_integer(1))),
+    "crop_scale": (
+        "[low, high] with 0 < low <= high <= 1",
+        lambda v: _pair(_number)(v) and 0 < v[0] <= v[1] <= 1,
+    ),
+}
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Refuse a nonsense value of a training key (``settings``: the plain, resolved config)
+    with one line naming the key, before any work starts."""
+    flat = _flat(settings)
+    for key, (what, ok) in CHECKS.items():
+        if not ok(flat.get(key)):
+            raise ConfigError(f"{key} must be {what}, got {flat.get(key)!r}")
+    if settings["epochs"] is None and settings["max_steps"] is None:
+        raise ConfigError("give epochs or max_steps (both are null)")
+    check_input_size(settings["input_size"])
+    try:
+        instantiate(settings["optim"])([torch.nn.Parameter(torch.zeros(1))])
+    except (InstantiationException, TypeError, ValueError) as exc:
+        raise ConfigError(f"optim: {str(exc).splitlines()[0]}") from None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b": leaf}; lists are leaves."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def build_datasets(cfg: DictConfig) -> tuple[SegmentationSet, SegmentationSet | None]:
@@ -45,8 +141,96 @@ def _videos(dataset: SegmentationSet | None) -> list[str]:
     return [] if dataset is None else sorted({dataset.video_of(i) for i in range(len(dataset))})
 
 
+def _plain(cfg: DictConfig, *, throw_on_missing: bool = False) -> dict[str, Any]:
+    """``cfg`` as plain resolved data, without Hydra's own node, with an absolute data.root."""
+    settings = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+        resolve=True,
+        throw_on_missing=throw_on_missing,
+    )
+    root = settings["data"]["root"]
+    if root != "???":
+        settings["data"]["root"] = str(Path(root).expanduser().resolve())
+    return settings
+
+
+def _defaults() -> DictConfig:
+    """conf/train.yaml as composed without overrides."""
+    if GlobalHydra.instance().is_initialized():
+        return compose("train")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train")
+
+
+def _overridden(cfg: DictConfig) -> list[str]:
+    """The config nodes named by the command-line overrides that made ``cfg``."""
+    if "hydra" in cfg:
+        overrides = list(cfg.hydra.overrides.task)
+    elif HydraConfig.initialized():
+        overrides = list(HydraConfig.get().overrides.task)
+    else:
+        return []
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.package or o.key_or_group for o in parsed]
+
+
+def _under(key: str, nodes: tuple[str, ...] | list[str]) -> bool:
+    return any(key == node or key.startswith(f"{node}.") for node in nodes)
+
+
+def resumed_settings(cfg: DictConfig, last: Path) -> dict[str, Any]:
+    """The configuration saved in ``last`` (the run to resume), with the keys of
+    ``RESUME_KEYS`` that ``cfg`` sets taken from it.
+
+    A key outside ``RESUME_KEYS`` that ``cfg`` sets (by an override, a config group or an
+    experiment) to a value other than the saved run's is refused, naming the keys; setting
+    the saved value again is fine, so the original command plus ``resume=true`` also works.
+    """
+    saved = read_checkpoint(last)["meta"]["provenance"].get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError("holds no saved configuration to resume from", last)
+    given = _plain(cfg)
+    flat, defaults, before = _flat(given), _flat(_plain(_defaults())), _flat(saved)
+    named = _overridden(cfg)
+    unset = {k for k, v in flat.items() if v == "???"}
+    asked = {k for k, v in flat.items() if v != defaults.get(k) or _under(k, named)} - unset
+    # An experiment (a group merged at the top) may set any key, to any value: compare all.
+    experiment = any(not any(_under(k, [node]) for k in flat) for node in named)
+    compared = set(flat) - unset if experiment else asked
+    changed = sorted(k for k in compared if not _under(k, RESUME_KEYS) and flat[k] != before.get(k))
+    if changed:
+        allowed = ", ".join(RESUME_KEYS[2:])
+        raise ConfigError(
+            f"resuming continues the saved run: cannot change {', '.join(changed)} "
+            f"(only {allowed} may be given)",
+            last.parent,
+        )
+    settings = {**given, **saved, "output_dir": given["output_dir"], "resume": True}
+    settings.update({key: given[key] for key in RESUME_KEYS[2:] if key in asked})
+    return settings
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train as ``cfg`` says; return the final and best metrics and the output paths."""
+    """Train as ``cfg`` says; return the final and best metrics and the output paths.
+
+    With ``resume=true`` and a ``last.pt`` in ``output_dir``, the run continues with the
+    configuration saved there (see :func:`resumed_settings`).
+    """
+    given = _plain(cfg)
+    check_settings(given)
+    out_dir = Path(cfg.output_dir)
+    last = out_dir / "last.pt"
+    if given["resume"] and last.exists():
+        settings = resumed_settings(cfg, last)
+    elif last.exists():
+        raise ConfigError(
+            "already holds a training run (last.pt); resume it with resume=true or choose "
+            "another output folder",
+            out_dir,
+        )
+    else:
+        settings = _plain(cfg, throw_on_missing=True)
+    cfg = OmegaConf.create(settings)
     device = init_distributed(cfg.device)
     try:
         train_set, val_set = build_datasets(cfg)
@@ -64,13 +248,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_tf = build_transform(
             instantiate_ops(augment["eval"]["ops"]), mean=meta.mean, std=meta.std
         )
-        settings = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         provenance = {
             "command": " ".join(sys.argv),
-            "config": OmegaConf.to_container(settings, resolve=True),
+            "config": settings,
             "dataset": {
                 "kind": cfg.data.kind,
-                "root": str(Path(cfg.data.root).expanduser().resolve()),
+                "root": cfg.data.root,
                 "train_videos": _videos(train_set),
                 "val_videos": _videos(val_set),
             },
