@@ -3,13 +3,14 @@ any moment of start-up ends with one line and exit status 130, not a traceback."
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 
 def _launch(app: str) -> None:
     try:
-        importlib.import_module(f"surgseg.apps.{app}").main()
+        from surgseg.apps import launch
+
+        launch(app)
     except KeyboardInterrupt:
         print(f"surgseg-{app}: interrupted", file=sys.stderr)
         sys.exit(130)

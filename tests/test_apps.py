@@ -77,8 +77,12 @@ def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
     a_file.write_text("x")
     for where, needle in ((a_file, "is a file"), ("/proc/surgseg-test", "cannot be written")):
         for name, args in (("infer", ("input=x.mp4", f"checkpoint={ckpt}")),
-                           ("eval", (f"checkpoint={ckpt}", f"data.root={tmp_path}"))):
+                           ("eval", (f"checkpoint={ckpt}", f"data.root={tmp_path}")),
+                           ("export", (f"checkpoint={ckpt}",)),
+                           ("train", (f"data.root={tmp_path}",))):  # fmt: skip
             one_line_error(app(name, *args, f"output_dir={where}"), str(where), needle)
+        proc = app("stream", "input=x.mp4", f"checkpoint={ckpt}", f"output={where}/cues.jsonl")
+        one_line_error(proc, str(where), needle)
 
 
 def test_a_second_process_is_refused_the_same_output_folder(make_checkpoint, tmp_path):

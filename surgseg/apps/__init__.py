@@ -13,6 +13,7 @@ import difflib
 import errno
 import fcntl
 import functools
+import importlib
 import os
 import re
 import sys
@@ -308,24 +309,36 @@ def app_help(prog: str, config_name: str) -> str:
     return "\n".join(lines)
 
 
-def entry(prog: str, config_name: str, hydra_main: Callable[[], Any], *,
-          may_miss: MayMiss | None = None) -> Callable[[], None]:  # fmt: skip
-    """The console script: ``--help``, the command-line check, then ``hydra_main``."""
+def _may_miss_train(cfg: DictConfig) -> bool:
+    """Training fills in a resumed run's settings from its folder, and refuses a new run into
+    a folder that holds one whatever else is missing."""
+    if cfg.get("resume"):
+        return True
+    return not OmegaConf.is_missing(cfg, "output_dir") and (
+        Path(str(cfg.output_dir)) / "last.pt").is_file()  # fmt: skip
 
-    def main() -> None:
-        argv = sys.argv[1:]
-        try:
-            if "--help" in argv or "-h" in argv:
-                print(app_help(prog, config_name))
-                return
-            if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
-                check_command_line(config_name, argv, may_miss=may_miss)
-            hydra_main()
-        except SurgsegError as exc:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            sys.exit(130)
 
-    return main
+APPS: dict[str, MayMiss | None] = {"train": _may_miss_train, "infer": None, "demo": None,
+                                   "eval": None, "export": None, "stream": None, "bench": None}
+"""The apps (module ``surgseg.apps.<name>``, command ``surgseg-<name>``, config
+``conf/<name>.yaml``) and which of them may start with required settings missing."""
+
+
+def launch(app: str) -> None:
+    """Run the command ``surgseg-<app>``: ``--help``, the command-line check, then the app's
+    Hydra ``main``, imported only then."""
+    prog = f"surgseg-{app}"
+    argv = sys.argv[1:]
+    try:
+        if "--help" in argv or "-h" in argv:
+            print(app_help(prog, app))
+            return
+        if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+            check_command_line(app, argv, may_miss=APPS[app])
+        importlib.import_module(f"surgseg.apps.{app}").main()
+    except SurgsegError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

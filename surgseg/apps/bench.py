@@ -17,7 +17,7 @@ from surgseg.apps import (
     claim_output_dir,
     cli_errors,
     dataclass_from,
-    entry,
+    launch,
 )
 from surgseg.apps.infer import build_predictor
 from surgseg.errors import ConfigError
@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="bench")
 @cli_errors("surgseg-bench")
-def _main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     result = run(cfg)
     bound = result["bound"]
     print(
@@ -123,7 +123,5 @@ def _main(cfg: DictConfig) -> None:
     )
 
 
-main = entry("surgseg-bench", "bench", _main)
-
 if __name__ == "__main__":
-    main()
+    launch("bench")

@@ -16,7 +16,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors, dataclass_from
+from surgseg.apps import CONF_DIR, cli_errors, dataclass_from, launch
 from surgseg.apps import infer as infer_app
 from surgseg.apps import train as train_app
 from surgseg.demo import evaluate_run, format_number, save_overlay_still, write_report
@@ -150,4 +150,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch("demo")

@@ -8,7 +8,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, check_bool, check_int, claim_output_dir, cli_errors, entry
+from surgseg.apps import CONF_DIR, check_bool, check_int, claim_output_dir, cli_errors, launch
 from surgseg.apps.infer import build_predictor
 
 
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @cli_errors("surgseg-eval")
-def _main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     results = run(cfg)
     scores = ", ".join(
         f"{key} {value:.4f}"
@@ -56,7 +56,5 @@ def _main(cfg: DictConfig) -> None:
     )
 
 
-main = entry("surgseg-eval", "eval", _main)
-
 if __name__ == "__main__":
-    main()
+    launch("eval")

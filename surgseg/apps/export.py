@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from surgseg.apps import CONF_DIR, cli_errors
+from surgseg.apps import CONF_DIR, claim_output_dir, cli_errors, launch
 from surgseg.atomic import write_json
 from surgseg.checkpoint import load_checkpoint
 from surgseg.errors import ConfigError
@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> dict:
     """Export ``cfg.checkpoint``, check it and write the ONNX file and its JSON report."""
     checkpoint = Path(cfg.checkpoint)
     model, meta = load_checkpoint(checkpoint)
-    out_dir = Path(cfg.output_dir)
+    out_dir = claim_output_dir(cfg.output_dir)
     name = cfg.name or checkpoint.stem
     onnx_path, report_path = out_dir / f"{name}.onnx", out_dir / f"{name}.json"
     h, w = meta.input_size
@@ -90,4 +90,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch("export")

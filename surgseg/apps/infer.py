@@ -18,7 +18,7 @@ from surgseg.apps import (
     claim_output_dir,
     cli_errors,
     dataclass_from,
-    entry,
+    launch,
 )
 from surgseg.options import CueOptions, OutputOptions, Workers
 
@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> InferSummary:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="infer")
 @cli_errors("surgseg-infer")
-def _main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     summary = run(cfg)
     print(f"surgseg-infer: {len(summary.done)} video(s) done in {cfg.output_dir}")
     if summary.failed:
@@ -83,7 +83,5 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
-main = entry("surgseg-infer", "infer", _main)
-
 if __name__ == "__main__":
-    main()
+    launch("infer")

@@ -22,7 +22,7 @@ from surgseg.apps import (
     claim_output_dir,
     cli_errors,
     dataclass_from,
-    entry,
+    launch,
 )
 from surgseg.apps.infer import build_predictor
 from surgseg.errors import ConfigError
@@ -148,12 +148,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="stream")
 @cli_errors("surgseg-stream")
-def _main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
-main = entry("surgseg-stream", "stream", _main)
-
 
 if __name__ == "__main__":
-    main()
+    launch("stream")

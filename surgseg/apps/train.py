@@ -24,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors
+from surgseg.apps import CONF_DIR, claim_output_dir, cli_errors, launch
 from surgseg.augment import TransformedSet, build_transform, instantiate_ops
 from surgseg.checkpoint import CheckpointMeta, read_checkpoint
 from surgseg.datasets import SegmentationSet, build_dataset, preflight
@@ -219,6 +219,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     given = _plain(cfg)
     check_settings(given)
     out_dir = Path(cfg.output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes
+        claim_output_dir(out_dir)
     last = out_dir / "last.pt"
     if given["resume"] and last.exists():
         settings = resumed_settings(cfg, last)
@@ -300,4 +302,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch("train")
