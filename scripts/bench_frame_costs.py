@@ -8,7 +8,7 @@ Every stage runs with one OpenCV and one torch thread; the figures are the media
 frames of the wall time (ms) and of the process CPU time (core-ms) per frame:
 
 * cues: instruments of a parts mask (``find_instruments`` with the view estimated once per
-  video), the tracker, and the ``cues.jsonl`` line (``json.dumps``);
+  video, as a ``FieldOfView``), the tracker, and the ``cues.jsonl`` line (``json.dumps``);
 * png: one PNG mask file (``PngMaskWriter``);
 * ffv1: one frame of the FFV1 mask video (``Ffv1MaskWriter``; closing amortized);
 * overlay: one overlay frame drawn and encoded (``OverlayWriter`` at its defaults; closing
@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from surgseg.cues import Tracker, estimate_view, find_instruments
+from surgseg.cues import FieldOfView, Tracker, estimate_view, find_instruments
 from surgseg.decode import VideoReader
 from surgseg.encode import VideoWriter
 from surgseg.sinks import Ffv1MaskWriter, OverlayWriter, PngMaskWriter
@@ -71,7 +71,7 @@ def make_inputs(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def bench_cues(images: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
-    view = estimate_view(images[0])
+    view = FieldOfView.from_image(images[0])
     tracker = Tracker()
     confidence = np.full(masks[0].shape, 0.9, np.float32)
     counts = []

@@ -3,16 +3,15 @@
 Each instrument is a connected component of the mask; for it we report where it enters the
 endoscope's view (entry), its far end (tip), its shaft axis, and a few plain measurements.
 Image coordinates: x right, y down, pixel centres at integer coordinates. The exact
-definitions are in docs/cues.md. Nothing here knows about networks. Also here: matching
-measured cues to ground-truth instruments and summarizing their errors.
+definitions are in the README, section "Pose cues". Nothing here knows about networks. Also
+here: matching measured cues to ground-truth instruments and summarizing their errors.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import cv2
@@ -23,6 +22,7 @@ from surgseg.tasks import CLASPER, IGNORE_INDEX, SHAFT, WRIST, class_names
 from surgseg.tracking import Tracker
 
 __all__ = [
+    "FieldOfView",
     "Instrument",
     "Tracker",
     "border_band_mask",
@@ -113,15 +113,78 @@ def border_band_mask(view: np.ndarray | None, shape: tuple[int, int], width: flo
     pixel, so a view pixel on the image edge is at distance 1). Pixels outside the view are in.
 
     Equal to thresholding ``cv2.distanceTransform(padded, DIST_L2, DIST_MASK_PRECISE)``, computed
-    as an erosion with the disc of radius ``width``, which is an order of magnitude faster.
+    as an erosion with the disc of radius ``width``, which is an order of magnitude faster; for
+    the whole frame (``view`` None) it is the ``floor(width)`` rows and columns at each edge.
     """
-    view = np.ones(shape, dtype=np.uint8) if view is None else view.astype(np.uint8)
     r = max(0, math.floor(width))
-    padded = cv2.copyMakeBorder(view, r + 1, r + 1, r + 1, r + 1, cv2.BORDER_CONSTANT, value=0)
+    if view is None:
+        band = np.zeros(shape, dtype=bool)
+        if r:
+            band[:r], band[-r:], band[:, :r], band[:, -r:] = True, True, True, True
+        return band
+    padded = cv2.copyMakeBorder(
+        view.astype(np.uint8), r + 1, r + 1, r + 1, r + 1, cv2.BORDER_CONSTANT, value=0
+    )
     dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
     disc = (dx * dx + dy * dy <= width * width).astype(np.uint8)
     inner = cv2.erode(padded, disc, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     return inner[r + 1 : -r - 1, r + 1 : -r - 1] == 0
+
+
+class FieldOfView:
+    """The endoscope's field of view in a video's frames, with the geometry the cues need.
+
+    The view is fixed within a video, so build one per video and pass it to every
+    ``find_instruments`` call (from any number of threads): its border band for each width and
+    its centroid are computed on first use and then reused, read-only.
+
+    Args:
+        mask: boolean (H, W) view, or None for the whole frame.
+        shape: (H, W) of the frames; required when ``mask`` is None.
+    """
+
+    def __init__(self, mask: np.ndarray | None = None, *, shape: tuple[int, int] | None = None):
+        if mask is None and shape is None:
+            raise ValueError("FieldOfView needs a mask or a shape")
+        if mask is not None:
+            mask = np.array(mask, dtype=bool)  # a copy, made read-only
+            if mask.ndim != 2 or (shape is not None and mask.shape != tuple(shape)):
+                raise ValueError(f"view mask shape {mask.shape} does not match shape {shape}")
+            mask.flags.writeable = False
+        self.mask = mask
+        self.shape: tuple[int, int] = mask.shape if mask is not None else tuple(shape)
+        self._bands: dict[float, np.ndarray] = {}
+        self._centre: tuple[float, float] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_image(cls, image_rgb: np.ndarray, *, threshold: int = 20) -> FieldOfView:
+        """The view of an RGB frame as ``estimate_view`` finds it."""
+        return cls(estimate_view(image_rgb, threshold=threshold))
+
+    def band(self, width: float) -> np.ndarray:
+        """Read-only ``border_band_mask(mask, shape, width)``, computed once per width."""
+        with self._lock:
+            band = self._bands.get(width)
+            if band is None:
+                band = border_band_mask(self.mask, self.shape, width)
+                band.flags.writeable = False
+                self._bands[width] = band
+            return band
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """Centroid (x, y) of the view's pixels."""
+        with self._lock:
+            if self._centre is None:
+                h, w = self.shape
+                if self.mask is None:
+                    self._centre = ((w - 1) / 2, (h - 1) / 2)
+                else:
+                    m = cv2.moments(self.mask.view(np.uint8), binaryImage=True)
+                    area = max(m["m00"], 1.0)
+                    self._centre = (m["m10"] / area, m["m01"] / area)
+            return self._centre
 
 
 @dataclass
@@ -131,116 +194,154 @@ class _Frame:
     mask: np.ndarray
     band: np.ndarray
     confidence: np.ndarray | None
-    view: np.ndarray | None
+    view: FieldOfView
     task: str
     tip_band: float
     axis_span: float
 
-    @cached_property
-    def view_centre(self) -> np.ndarray:
-        if self.view is None:
-            return np.array([(self.mask.shape[1] - 1) / 2, (self.mask.shape[0] - 1) / 2])
-        moments = cv2.moments(self.view.astype(np.uint8), binaryImage=True)
-        return np.array([moments["m10"], moments["m01"]]) / max(moments["m00"], 1.0)
+
+def _mean_xy(pixels: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[int, float, float]:
+    """Count and mean position (x, y) of the true pixels of a boolean crop whose columns and
+    rows lie at ``xs`` and ``ys`` (exact integer sums, then one division)."""
+    binary = pixels.view(np.uint8)
+    per_col = cv2.reduce(binary, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[0]
+    count = int(per_col.sum())
+    if not count:
+        return 0, math.nan, math.nan
+    per_row = cv2.reduce(binary, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[:, 0]
+    return count, float(per_col @ xs) / count, float(per_row @ ys) / count
 
 
-def _describe(
-    inside: np.ndarray,
-    origin: tuple[int, int],
-    centroid: np.ndarray,
-    label: int,
-    frame: _Frame,
-) -> Instrument:
-    """Cues of one instrument, given as a boolean crop of the frame at ``origin`` (x, y)."""
+def _fit_line(pixels: np.ndarray, x: int, y: int) -> tuple[float, float, float, float]:
+    """Least-squares line (vx, vy, x0, y0) through the true pixels of a crop at origin (x, y):
+    their centroid and principal axis, as ``cv2.fitLine(points, DIST_L2, ...)`` computes it."""
+    m = cv2.moments(pixels.view(np.uint8))
+    t = 0.5 * math.atan2(2 * m["mu11"], m["mu20"] - m["mu02"])
+    return math.cos(t), math.sin(t), m["m10"] / m["m00"] + x, m["m01"] / m["m00"] + y
+
+
+def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _Frame) -> Instrument:
+    """Cues of one instrument, given as a boolean crop of the frame at ``origin`` (x, y).
+
+    Everything is computed on the crop (its bounding box), as maps and masks rather than
+    pixel lists, so the cost is a few passes over the box in OpenCV or numpy.
+    """
     x, y = origin
     h, w = inside.shape
     crop = (slice(y, y + h), slice(x, x + w))
-    rows, cols = np.nonzero(inside)
-    xs, ys = cols + float(x), rows + float(y)
-    values = frame.mask[crop][rows, cols]
+    xs = np.arange(x, x + w, dtype=np.float64)  # frame coordinates of the crop's columns
+    ys = np.arange(y, y + h, dtype=np.float64)  # and of its rows
+    gx, gy = xs, ys[:, None]  # the same, to broadcast into (h, w) maps
+    area, mean_x, mean_y = _mean_xy(inside, xs, ys)
 
     parts = {}
-    axis_px = np.ones(len(xs), dtype=bool)  # the pixels the axis is fitted to
+    axis_px = inside  # the pixels the axis is fitted to
     shaft_labelled = False
     if frame.task == "parts":
-        counts = np.bincount(values, minlength=CLASPER + 1)
-        sum_x = np.bincount(values, weights=xs, minlength=CLASPER + 1)
-        sum_y = np.bincount(values, weights=ys, minlength=CLASPER + 1)
+        labels = frame.mask[crop]
         for name, value in PART_LABELS.items():
-            if counts[value]:
-                parts[name] = (sum_x[value] / counts[value], sum_y[value] / counts[value])
-        shaft_labelled = counts[SHAFT] >= _MIN_AXIS_PX
-        if shaft_labelled:
-            axis_px = values == SHAFT
+            part = inside & (labels == value)
+            count, px, py = _mean_xy(part, xs, ys)
+            if count:
+                parts[name] = (px, py)
+            if value == SHAFT and count >= _MIN_AXIS_PX:
+                axis_px, shaft_labelled = part, True
 
-    contact = (inside & frame.band[crop]).view(np.uint8)
-    cx, cy, cw, ch = cv2.boundingRect(contact)
-    on_border = cw > 0
+    stretches = _components((inside & frame.band[crop]).view(np.uint8), 1)  # contact pixels
+    on_border = bool(stretches)
     if on_border:
-        _, stretches, stats, centres = cv2.connectedComponentsWithStats(
-            contact[cy : cy + ch, cx : cx + cw], connectivity=8
-        )
-        k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        entry = centres[k] + (x + cx, y + cy)
-        sy, sx = np.nonzero(stretches == k)
-        reach = np.hypot(sx + (x + cx) - entry[0], sy + (y + cy) - entry[1]).max()
-        dist2 = (xs - entry[0]) ** 2 + (ys - entry[1]) ** 2
+        stretch, (sx, sy) = max(stretches, key=lambda s: np.count_nonzero(s[0]))  # first largest
+        rows, cols = np.nonzero(stretch)
+        cols, rows = cols + (x + sx), rows + (y + sy)
+        entry = np.array([int(cols.sum()) / len(cols), int(rows.sum()) / len(rows)])
+        dist2 = (gx - entry[0]) ** 2 + (gy - entry[1]) ** 2
         # Leave out the end cut by the view boundary (a disc of radius `reach` about the
         # entry); without shaft labels keep only the first `axis_span` cut widths beyond it.
-        selected = axis_px & (dist2 > reach * reach)
+        # reach² is computed as dist2 is, so the stretch's farthest pixels are surely left out.
+        reach2 = ((cols - entry[0]) ** 2 + (rows - entry[1]) ** 2).max()
+        selected = axis_px & (dist2 > reach2)
         if not shaft_labelled:
-            selected &= dist2 <= (reach * (1 + 2 * frame.axis_span)) ** 2
+            selected &= dist2 <= reach2 * (1 + 2 * frame.axis_span) ** 2
         if np.count_nonzero(selected) >= _MIN_AXIS_PX:
             axis_px = selected
-    fit = np.column_stack([xs[axis_px], ys[axis_px]]).astype(np.float32)
-    vx, vy, x0, y0 = cv2.fitLine(fit, cv2.DIST_L2, 0, 0.01, 0.01).ravel()
-    axis = np.array([vx, vy], dtype=np.float64)
+    vx, vy, x0, y0 = _fit_line(axis_px, x, y)
+    axis = np.array([vx, vy])
 
     if not on_border:
         # The axis end away from the jaws (parts) or else from the view centre.
-        t = (xs - x0) * vx + (ys - y0) * vy
-        ends = np.array([x0, y0]) + np.outer([t.min(), t.max()], axis)
-        away_from = parts.get("clasper", parts.get("wrist", frame.view_centre))
+        t_min, t_max, _, _ = cv2.minMaxLoc((gx - x0) * vx + (gy - y0) * vy, inside.view(np.uint8))
+        ends = np.array([x0, y0]) + np.outer([t_min, t_max], axis)
+        away_from = parts.get("clasper", parts.get("wrist", frame.view.centre))
         entry = ends[int(np.argmax(np.linalg.norm(ends - away_from, axis=1)))]
-        dist2 = (xs - entry[0]) ** 2 + (ys - entry[1]) ** 2
+        dist2 = (gx - entry[0]) ** 2 + (gy - entry[1]) ** 2
 
-    far = dist2 >= max(math.sqrt(dist2.max()) - frame.tip_band, 0.0) ** 2
-    tip = np.array([xs[far].mean(), ys[far].mean()])
+    reach2_max = dist2[inside].max()  # capped below: sqrt(x)² may round above x
+    far = inside & (dist2 >= min(max(math.sqrt(reach2_max) - frame.tip_band, 0.0) ** 2, reach2_max))
+    _, tip_x, tip_y = _mean_xy(far, xs, ys)
+    tip = np.array([tip_x, tip_y])
     if axis @ (tip - entry) < 0:
         axis = -axis
 
     return Instrument(
         label=label,
-        area_px=len(xs),
+        area_px=area,
         bbox=(x, y, w, h),
-        centroid=_point(centroid),
+        centroid=(mean_x, mean_y),
         axis=_point(axis),
         angle_deg=_wrap_deg(math.degrees(math.atan2(axis[1], axis[0]))),
         entry=_point(entry),
         entry_on_border=bool(on_border),
         tip=_point(tip),
-        parts={name: _point(p) for name, p in parts.items()},
+        parts=parts,
         confidence=None
         if frame.confidence is None
-        else float(frame.confidence[crop][inside].mean()),
+        else _mean_confidence(frame.confidence[crop], inside, area),
     )
+
+
+def _mean_confidence(values: np.ndarray, inside: np.ndarray, area: int) -> float:
+    """Mean of a crop of the confidence map over the instrument's ``area`` pixels, on 0..1
+    (a uint8 map holds probability × 255). Summed in double precision."""
+    scale = 1 / 255 if values.dtype == np.uint8 else 1.0
+    if values.dtype not in (np.uint8, np.float32, np.float64):
+        values = values.astype(np.float64)
+    # copyTo with a mask zeroes the pixels outside it (sumElems sums in double)
+    return cv2.sumElems(cv2.copyTo(values, inside.view(np.uint8)))[0] / area * scale
 
 
 def _point(p: Any) -> tuple[float, float]:
     return float(p[0]), float(p[1])
 
 
-def _components(
-    binary: np.ndarray, min_area: int
-) -> Iterator[tuple[np.ndarray, tuple[int, int], np.ndarray]]:
-    """(crop of component, origin (x, y), centroid) per 8-connected component ≥ min_area."""
-    n, labels, stats, centres = cv2.connectedComponentsWithStatsWithAlgorithm(
-        binary, 8, cv2.CV_32S, cv2.CCL_BBDT
-    )
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i])
-        if area >= min_area:
-            yield labels[y : y + h, x : x + w] == i, (x, y), centres[i]
+def _components(binary: np.ndarray, min_area: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """(boolean crop, origin (x, y)) of each 8-connected component of the nonzero pixels of the
+    uint8 ``binary`` with at least ``min_area`` pixels, in raster order of their first pixel.
+
+    A component is found by its outer contour (the top level of ``RETR_CCOMP``, which starts at
+    its first pixel in raster order); only its bounding box is read, and labelled only when
+    another component's box overlaps it. There is no full-frame labelling pass.
+    """
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    outer = [c for c, link in zip(contours, hierarchy[0], strict=True) if link[3] < 0]
+    boxes = np.array([cv2.boundingRect(c) for c in outer]).reshape(-1, 4)  # x, y, w, h
+    x0, y0 = boxes[:, 0], boxes[:, 1]
+    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+    found = []
+    for i in np.flatnonzero(boxes[:, 2] * boxes[:, 3] >= min_area):
+        x, y, w, h = (int(v) for v in boxes[i])
+        box = binary[y : y + h, x : x + w]
+        first_x, first_y = (int(v) for v in outer[i][0, 0])
+        if np.count_nonzero((x0 < x + w) & (x < x1) & (y0 < y + h) & (y < y1)) > 1:
+            _, labels = cv2.connectedComponents(box, connectivity=8)
+            inside = labels == labels[first_y - y, first_x - x]
+        else:  # no other component reaches into the box
+            inside = box > 0
+        if np.count_nonzero(inside) >= min_area:
+            found.append(((first_y, first_x), inside, (x, y)))
+    found.sort(key=lambda item: item[0])
+    return [(inside, origin) for _, inside, origin in found]
 
 
 def find_instruments(
@@ -248,7 +349,7 @@ def find_instruments(
     *,
     task: str = "binary",
     confidence: np.ndarray | None = None,
-    view: np.ndarray | None = None,
+    view: FieldOfView | np.ndarray | None = None,
     min_area: int = 50,
     border_band: float = 3.0,
     tip_band: float = 2.0,
@@ -256,39 +357,45 @@ def find_instruments(
 ) -> list[Instrument]:
     """Instruments in an (H, W) label mask, largest first.
 
+    Stateless and thread-safe; the work is proportional to the instruments' bounding boxes
+    plus one contour pass over the frame.
+
     Args:
         mask: integer labels of ``task`` (0 background; ``IGNORE_INDEX`` counts as background).
         task: ``binary``/``parts``: one instrument per 8-connected component of the
             foreground; ``types``: one per 8-connected component of each type label.
-        confidence: optional (H, W) float map; each instrument reports its mean over its pixels.
-        view: optional boolean (H, W) field of view; defaults to the whole frame.
+        confidence: optional (H, W) map; each instrument reports its mean over its pixels, on
+            0..1: a float map holds probabilities (0..1), a uint8 map probability × 255.
+        view: the field of view: a ``FieldOfView`` (build one per video: its border band is
+            then computed once), a boolean (H, W) mask, or None for the whole frame.
         min_area: components smaller than this (pixels) are ignored.
         border_band: pixels within this distance of the view boundary are contact pixels.
         tip_band: the tip is the centroid of the pixels within this distance of the farthest.
         axis_span: without shaft labels, the axis is fitted to the first ``axis_span`` shaft
             widths of the instrument beyond its entry (the shaft, not the bent wrist).
 
-    The exact definitions are in docs/cues.md.
+    The exact definitions are in the README, section "Pose cues".
     """
     class_names(task)
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
     for name, other in (("confidence", confidence), ("view", view)):
-        if other is not None and other.shape != mask.shape:
+        if other is not None and tuple(other.shape) != mask.shape:
             raise ValueError(f"{name} shape {other.shape} differs from mask shape {mask.shape}")
     if mask.dtype != np.uint8:
         if mask.size and (mask.min() < 0 or mask.max() > 255):
             raise ValueError("mask labels must lie in 0..255")
         mask = mask.astype(np.uint8)
-    foreground = cv2.inRange(mask, 1, IGNORE_INDEX - 1)
-    components = list(_components(foreground, min_area))
+    components = _components(cv2.inRange(mask, 1, IGNORE_INDEX - 1), min_area)
     if not components:
         return []
 
+    if not isinstance(view, FieldOfView):
+        view = FieldOfView(view, shape=mask.shape)
     frame = _Frame(
         mask=mask,
-        band=border_band_mask(view, mask.shape, border_band),
+        band=view.band(border_band),
         confidence=confidence,
         view=view,
         task=task,
@@ -296,18 +403,15 @@ def find_instruments(
         axis_span=axis_span,
     )
     instruments = []
-    for inside, (x, y), centroid in components:
+    for inside, (x, y) in components:
         if task != "types":
-            instruments.append(_describe(inside, (x, y), centroid, 1, frame))
+            instruments.append(_describe(inside, (x, y), 1, frame))
             continue
         labels = mask[y : y + inside.shape[0], x : x + inside.shape[1]]
         for value in np.unique(labels[inside]):
-            piece = (inside & (labels == value)).astype(np.uint8)
-            for sub, (sx, sy), sub_centroid in _components(piece, min_area):
-                origin = (x + sx, y + sy)
-                instruments.append(
-                    _describe(sub, origin, sub_centroid + np.array([x, y]), int(value), frame)
-                )
+            piece = (inside & (labels == value)).view(np.uint8)
+            for sub, (sx, sy) in _components(piece, min_area):
+                instruments.append(_describe(sub, (x + sx, y + sy), int(value), frame))
     instruments.sort(key=lambda inst: -inst.area_px)
     return instruments
 
@@ -317,7 +421,7 @@ def cues_from_mask(
     *,
     task: str = "binary",
     confidence: np.ndarray | None = None,
-    view: np.ndarray | None = None,
+    view: FieldOfView | np.ndarray | None = None,
     **params: Any,
 ) -> list[dict[str, Any]]:
     """Pose cues of every instrument in ``mask`` as JSON-ready dicts (see ``find_instruments``
