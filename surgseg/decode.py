@@ -6,6 +6,8 @@ frames it carries; decoding goes on with the next one. What damage costs is kept
 ``DecodeStats`` and on each ``Frame``: packets the decoder rejects, frames it delivers flagged
 as corrupt (errors concealed), and frames missing from the stream, seen as gaps in the pts of
 the delivered frames (presentation order) against the frame duration.
+
+YUV→RGB conversion and rotation run in an FFmpeg filter graph (``_ToRgb``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ MAX_EVENTS = 100  # events kept in DecodeStats.events; later ones are only count
 # A pts step counts as whole frame durations when it is within this fraction of one.
 _GRID_TOLERANCE = 0.1
 
+# Display rotation (degrees counter-clockwise) → the FFmpeg filters that apply it.
+_ROTATE = {
+    90: (("transpose", "cclock"),),
+    180: (("hflip", None), ("vflip", None)),
+    270: (("transpose", "clock"),),
+}
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -38,7 +47,7 @@ class Frame:
         pts: presentation timestamp in the stream's ``time_base``; None when the stream has none.
         time_s: ``pts * time_base`` in seconds (for a stream without timestamps: the previous
             frame's time plus one nominal frame duration).
-        image: H×W×3 uint8 RGB, display rotation already applied.
+        image: H×W×3 uint8 RGB (C-contiguous), display rotation already applied.
         corrupt: the decoder flagged this frame as damaged (it concealed errors in it).
         gap: frames missing from the stream just before this one (see ``DecodeStats.missing``).
     """
@@ -180,6 +189,50 @@ class _Gaps:
         return steps - 1 if self._confirmed else 0
 
 
+class _ToRgb:
+    """RGB arrays of decoded frames, display rotation applied, from an FFmpeg filter graph.
+
+    The graph converts exactly as the ffmpeg CLI does (PyAV's ``to_ndarray`` does not for
+    10-bit video), in slices on FFmpeg's threads without the GIL, into buffers from a pool
+    that come back when the consumer drops the image: allocating a fresh 1080p array per
+    frame cost more in page faults than the conversion itself. Pool rows are padded to a
+    multiple of 64 pixels, so other widths (720, 1440…) are copied to a contiguous array.
+    The graph is rebuilt when frames change size or format mid-stream.
+    """
+
+    def __init__(self, rotation: int):
+        self._filters = _ROTATE.get(rotation, ())
+        self._key: tuple | None = None
+        self._graph: av.filter.Graph | None = None
+        self._source: av.filter.FilterContext | None = None
+        self._sink: av.filter.FilterContext | None = None
+
+    def _configure(self, frame: av.VideoFrame) -> None:
+        graph = av.filter.Graph()
+        source = graph.add(
+            "buffer",
+            video_size=f"{frame.width}x{frame.height}",
+            pix_fmt=frame.format.name,
+            time_base="1/1",
+            pixel_aspect="1/1",
+            colorspace=str(int(frame.colorspace)),
+            range=str(int(frame.color_range)),
+        )
+        filters = [graph.add(name, arg) for name, arg in self._filters]
+        sink = graph.add("buffersink")
+        graph.link_nodes(source, *filters, graph.add("format", "rgb24"), sink).configure()
+        self._graph, self._source, self._sink = graph, source, sink
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        key = (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range)
+        if key != self._key:
+            self._configure(frame)
+            self._key = key
+        self._source.push(frame)
+        image = self._sink.pull().to_ndarray()
+        return image if image.flags.c_contiguous else np.ascontiguousarray(image)
+
+
 def _is_still_image(container: av.container.InputContainer) -> bool:
     # FFmpeg reads single images through the image2 demuxer or one of the "<codec>_pipe" ones.
     name = container.format.name
@@ -239,7 +292,7 @@ class VideoReader:
 
     def _make_info(self, first: av.VideoFrame) -> VideoInfo:
         stream, container = self._stream, self._container
-        rotation = round(first.rotation) % 360
+        rotation = 90 * round(first.rotation / 90) % 360  # the rotations _ToRgb can apply
         width, height = first.width, first.height
         if rotation in (90, 270):
             width, height = height, width
@@ -286,7 +339,7 @@ class VideoReader:
         first, self._first = self._first, None
         stats, time_base = self.stats, self._stream.time_base
         step = 1 / (self._stream.average_rate or self._stream.guessed_rate or 25)
-        gaps, k = _Gaps(self._stream), round(self.info.rotation / 90) % 4
+        gaps, to_rgb = _Gaps(self._stream), _ToRgb(self.info.rotation)
         time = -step  # a stream without pts starts at 0
         for frame in itertools.chain([first], self._frames):
             pts = frame.pts
@@ -302,10 +355,8 @@ class VideoReader:
             if corrupt:
                 stats.corrupt += 1
                 stats.record(DecodeEvent("corrupt", pts, time_s, 0, index))
-            image = frame.to_ndarray(format="rgb24")
-            if k:
-                image = np.ascontiguousarray(np.rot90(image, k))
-            yield Frame(index, pts, time_s, image, corrupt, gap)
+            # Built in the yield, so no reference to the image outlives the consumer's.
+            yield Frame(index, pts, time_s, to_rgb(frame), corrupt, gap)
 
     def close(self) -> None:
         """Close the container (idempotent)."""

@@ -98,6 +98,33 @@ def test_rotation_matches_ffmpeg_autorotate(tmp_path, rotation):
     assert [frame_number(im) for im in unrotated] == list(range(12))
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj422p", "yuv444p", "yuv420p10le"])
+@pytest.mark.parametrize("size", ["256x144", "200x120"])
+def test_images_match_ffmpeg_exactly(tmp_path, pix_fmt, size):
+    # 200 pixels is not a multiple of the 64 the conversion pads rows to.
+    path = tmp_path / f"{pix_fmt}.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:d=0.2",
+         "-pix_fmt", pix_fmt, "-c:v", "libx264", str(path)],
+        check=True,
+    )  # fmt: skip
+    frames = list(read_frames(path))
+    width, height = map(int, size.split("x"))
+    assert all(f.image.flags.c_contiguous for f in frames)
+    images = np.stack([f.image for f in frames])
+    assert np.array_equal(images, ffmpeg_rgb_frames(path, width=width, height=height))
+
+
+def test_frame_size_can_change_mid_stream(tmp_path):
+    first = write_video(tmp_path / "a", fmt="h264-ts", frames=6)
+    second = write_video(tmp_path / "b", fmt="h264-ts", frames=6, width=128, height=96)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    frames = list(read_frames(joined))
+    assert [f.image.shape for f in frames] == [(HEIGHT, WIDTH, 3)] * 6 + [(96, 128, 3)] * 6
+    assert [frame_number(f.image) for f in frames] == [*range(6), *range(6)]
+
+
 def test_corrupt_middle_loses_only_broken_frames(tmp_path):
     src = write_video(tmp_path / "clip", fmt="mjpeg-avi", frames=24)
     bad = corrupt_packets(src, tmp_path / "bad.avi", range(8, 11))
