@@ -17,8 +17,8 @@ frames of the wall time (ms) and of the process CPU time (core-ms) per frame:
   amortized);
 * decode: ``VideoReader`` against plain PyAV and ``ffmpeg -pix_fmt rgb24 -f null -`` on the
   same file, alternating, median of ``--repeats`` runs each (threads: each decoder's default):
-  frames per second, and core-ms per frame (CPU time of all the decoder's threads, ffmpeg's as
-  a child process), with the file's bitrate.
+  frames per second, core-ms and minor page faults per frame (all the decoder's threads,
+  ffmpeg's as a child process), with the file's bitrate.
 
 Writes ``<out>/frame_costs.json`` and prints a table. On a shared machine, check the load
 first (``uptime``): every figure here is a time.
@@ -141,8 +141,9 @@ def make_decode_video(path: Path, frames: int, seed: int) -> Path:
 
 
 def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
-    """VideoReader, plain PyAV and ffmpeg on ``path``, alternating: median fps and median
-    core-ms per frame of each, the ratios of VideoReader's fps to the others', the bitrate."""
+    """VideoReader, plain PyAV and ffmpeg on ``path``, alternating: median fps, core-ms and
+    page faults per frame of each, the ratios of VideoReader's fps to the others', the
+    bitrate."""
 
     def reader() -> int:
         with VideoReader(path) as r:
@@ -159,9 +160,12 @@ def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
                         "null", "-"], check=True)  # fmt: skip
         return frames
 
-    def cpu_s() -> float:
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + children.ru_utime + children.ru_stime
+    def usage() -> tuple[float, int]:
+        """CPU seconds and minor page faults so far, this process's and its children's."""
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        return cpu, me.ru_minflt + kids.ru_minflt
 
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
@@ -171,17 +175,21 @@ def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
         decoders["ffmpeg"] = ffmpeg
     runs: dict[str, list[float]] = {name: [] for name in decoders}
     core_ms: dict[str, list[float]] = {name: [] for name in decoders}
+    faults: dict[str, list[float]] = {name: [] for name in decoders}
     for _ in range(repeats):
         for name, fn in decoders.items():
-            t0, c0 = time.perf_counter(), cpu_s()
+            (c0, f0), t0 = usage(), time.perf_counter()
             n = fn()
             runs[name].append(n / (time.perf_counter() - t0))
-            core_ms[name].append(1e3 * (cpu_s() - c0) / n)
+            c1, f1 = usage()
+            core_ms[name].append(1e3 * (c1 - c0) / n)
+            faults[name].append((f1 - f0) / n)
     result: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items()}
     for other in ("pyav", "ffmpeg"):
         if other in result:
             result[f"video_reader_vs_{other}"] = round(result["video_reader"] / result[other], 3)
     result["core_ms_per_frame"] = {k: round(statistics.median(v), 2) for k, v in core_ms.items()}
+    result["page_faults_per_frame"] = {k: round(statistics.median(v)) for k, v in faults.items()}
     result["frames"], result["bitrate_mbps"] = frames, round(bit_rate / 1e6, 2)
     result["runs"] = runs
     return result
