@@ -3,7 +3,9 @@
     PYTHONPATH=. python scripts/bench_frame_costs.py --out bench/frame_costs
 
 Inputs are made here: a synthetic surgery at 1920×1080 with 3 instruments (its ground-truth
-parts masks stand in for the model's), encoded once as H.264 for the decode figures.
+parts masks stand in for the model's), and for the decode figures the same surgery with seeded
+sensor grain, encoded once as H.264 at about 10 Mbit/s like real 1080p surgical video (the
+clean render compresses to well under 1 Mbit/s, which makes decoding unrealistically cheap).
 Every stage runs with one OpenCV and one torch thread; the figures are the median over the
 frames of the wall time (ms) and of the process CPU time (core-ms) per frame:
 
@@ -14,7 +16,9 @@ frames of the wall time (ms) and of the process CPU time (core-ms) per frame:
 * overlay: one overlay frame drawn and encoded (``OverlayWriter`` at its defaults; closing
   amortized);
 * decode: ``VideoReader`` against plain PyAV and ``ffmpeg -pix_fmt rgb24 -f null -`` on the
-  same file, alternating, median of ``--repeats`` runs each (threads: each decoder's default).
+  same file, alternating, median of ``--repeats`` runs each (threads: each decoder's default):
+  frames per second, core-ms and minor page faults per frame (all the decoder's threads,
+  ffmpeg's as a child process), with the file's bitrate.
 
 Writes ``<out>/frame_costs.json`` and prints a table. On a shared machine, check the load
 first (``uptime``): every figure here is a time.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,6 +50,7 @@ from surgseg.synthetic import SyntheticSurgery
 from surgseg.tasks import palette
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
+GRAIN, CRF = 3.0, "16"  # sensor noise (grey levels, std) and x264 CRF of the decode video
 
 
 def per_frame(fn: Callable[[int], Any], n: int) -> dict[str, float]:
@@ -120,8 +126,24 @@ def bench_overlay(images: list[np.ndarray], masks: list[np.ndarray],
     return with_close(result, 1e3 * (time.perf_counter() - t0), len(masks))
 
 
+def make_decode_video(path: Path, frames: int, seed: int) -> Path:
+    """The synthetic surgery with seeded Gaussian sensor grain (``GRAIN``), encoded with x264
+    at CRF ``CRF``: about 10 Mbit/s at 1080p. Kept in ``path`` for later runs."""
+    if path.is_file():
+        return path
+    surgery = SyntheticSurgery(width=WIDTH, height=HEIGHT, fps=FPS, seed=seed, num_instruments=3)
+    rng = np.random.default_rng(seed)
+    with VideoWriter(path, width=WIDTH, height=HEIGHT, fps=FPS, options={"crf": CRF}) as writer:
+        for i in range(frames):
+            image = surgery.render(i).image + rng.normal(0, GRAIN, (HEIGHT, WIDTH, 3))
+            writer.write(np.clip(image, 0, 255).astype(np.uint8))
+    return path
+
+
 def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
-    """VideoReader, plain PyAV and ffmpeg on ``path``, alternating; median fps of each."""
+    """VideoReader, plain PyAV and ffmpeg on ``path``, alternating: median fps, core-ms and
+    page faults per frame of each, the ratios of VideoReader's fps to the others', the
+    bitrate."""
 
     def reader() -> int:
         with VideoReader(path) as r:
@@ -136,20 +158,39 @@ def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
     def ffmpeg() -> int:
         subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-pix_fmt", "rgb24", "-f",
                         "null", "-"], check=True)  # fmt: skip
-        with av.open(str(path)) as c:
-            return c.streams.video[0].frames
+        return frames
 
-    runs: dict[str, list[float]] = {"video_reader": [], "pyav": [], "ffmpeg": []}
+    def usage() -> tuple[float, int]:
+        """CPU seconds and minor page faults so far, this process's and its children's."""
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        return cpu, me.ru_minflt + kids.ru_minflt
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames, bit_rate = stream.frames, stream.bit_rate or c.bit_rate
+    decoders = {"video_reader": reader, "pyav": plain}
+    if shutil.which("ffmpeg") is not None:
+        decoders["ffmpeg"] = ffmpeg
+    runs: dict[str, list[float]] = {name: [] for name in decoders}
+    core_ms: dict[str, list[float]] = {name: [] for name in decoders}
+    faults: dict[str, list[float]] = {name: [] for name in decoders}
     for _ in range(repeats):
-        for name, fn in (("video_reader", reader), ("pyav", plain), ("ffmpeg", ffmpeg)):
-            if name == "ffmpeg" and shutil.which("ffmpeg") is None:
-                continue
-            t0 = time.perf_counter()
-            frames = fn()
-            runs[name].append(frames / (time.perf_counter() - t0))
-    result: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items() if v}
-    if "ffmpeg" in result:
-        result["video_reader_vs_ffmpeg"] = round(result["video_reader"] / result["ffmpeg"], 3)
+        for name, fn in decoders.items():
+            (c0, f0), t0 = usage(), time.perf_counter()
+            n = fn()
+            runs[name].append(n / (time.perf_counter() - t0))
+            c1, f1 = usage()
+            core_ms[name].append(1e3 * (c1 - c0) / n)
+            faults[name].append((f1 - f0) / n)
+    result: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+    for other in ("pyav", "ffmpeg"):
+        if other in result:
+            result[f"video_reader_vs_{other}"] = round(result["video_reader"] / result[other], 3)
+    result["core_ms_per_frame"] = {k: round(statistics.median(v), 2) for k, v in core_ms.items()}
+    result["page_faults_per_frame"] = {k: round(statistics.median(v)) for k, v in faults.items()}
+    result["frames"], result["bitrate_mbps"] = frames, round(bit_rate / 1e6, 2)
     result["runs"] = runs
     return result
 
@@ -169,13 +210,11 @@ def main() -> None:
     scratch.mkdir(parents=True)
 
     images, masks = make_inputs(args.frames, args.seed)
-    video = args.out / f"synthetic_{WIDTH}x{HEIGHT}.mp4"
-    if not video.is_file():
-        surgery = SyntheticSurgery(width=WIDTH, height=HEIGHT, fps=FPS, seed=args.seed,
-                                   num_instruments=3)  # fmt: skip
-        with VideoWriter(video, width=WIDTH, height=HEIGHT, fps=FPS) as writer:
-            for i in range(args.decode_frames):
-                writer.write(surgery.render(i).image)
+    video = make_decode_video(
+        args.out / f"synthetic_{WIDTH}x{HEIGHT}_grain{GRAIN:g}_crf{CRF}.mp4",
+        args.decode_frames,
+        args.seed,
+    )
 
     results = {
         "frame": [WIDTH, HEIGHT],

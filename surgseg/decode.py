@@ -1,15 +1,20 @@
 """Decode video files to RGB frames with PyAV: timestamps from pts, rotation applied, and
-corrupt stretches skipped rather than fatal.
+damage counted rather than fatal.
 
 Packets are demuxed and decoded one by one, so a packet that fails to decode loses only the
-frames it carries (counted in ``DecodeStats.corrupt``); decoding goes on with the next one.
+frames it carries; decoding goes on with the next one. What damage costs is kept in
+``DecodeStats`` and on each ``Frame``: packets the decoder rejects, frames it delivers flagged
+as corrupt (errors concealed), and frames missing from the stream, seen as gaps in the pts of
+the delivered frames (presentation order) against the frame duration.
+
+YUV→RGB conversion and rotation run in an FFmpeg filter graph (``_ToRgb``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +24,18 @@ import av
 import numpy as np
 
 from surgseg.errors import VideoError
+
+MAX_EVENTS = 100  # events kept in DecodeStats.events; later ones are only counted
+
+# A pts step counts as whole frame durations when it is within this fraction of one.
+_GRID_TOLERANCE = 0.1
+
+# Display rotation (degrees counter-clockwise) → the FFmpeg filters that apply it.
+_ROTATE = {
+    90: (("transpose", "cclock"),),
+    180: (("hflip", None), ("vflip", None)),
+    270: (("transpose", "clock"),),
+}
 
 
 @dataclass(frozen=True)
@@ -30,13 +47,17 @@ class Frame:
         pts: presentation timestamp in the stream's ``time_base``; None when the stream has none.
         time_s: ``pts * time_base`` in seconds (for a stream without timestamps: the previous
             frame's time plus one nominal frame duration).
-        image: H×W×3 uint8 RGB, display rotation already applied.
+        image: H×W×3 uint8 RGB (C-contiguous), display rotation already applied.
+        corrupt: the decoder flagged this frame as damaged (it concealed errors in it).
+        gap: frames missing from the stream just before this one (see ``DecodeStats.missing``).
     """
 
     index: int
     pts: int | None
     time_s: float
     image: np.ndarray
+    corrupt: bool = False
+    gap: int = 0
 
 
 @dataclass
@@ -61,13 +82,155 @@ class VideoInfo:
                 "fps": self.fps or 25.0}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class DecodeEvent:
+    """One place where decoding lost or damaged frames.
+
+    Attributes:
+        kind: ``"gap"``: ``missing`` frames are missing just before frame ``index``;
+            ``"corrupt"``: frame ``index`` came out flagged as damaged; ``"error"``: the
+            decoder rejected a packet (its frames, if lost, also make a gap).
+        pts: of frame ``index``, or of the rejected packet; None without timestamps.
+        time_s: the same in seconds.
+        missing: frames missing, for a gap; else 0.
+        index: the ``Frame.index`` concerned; None for an error.
+    """
+
+    kind: str
+    pts: int | None
+    time_s: float | None
+    missing: int = 0
+    index: int | None = None
+
+
 @dataclass
 class DecodeStats:
-    """Counts kept while decoding: frames delivered and packets lost to decode errors."""
+    """What decoding delivered, and what damage cost.
+
+    Attributes:
+        decoded: frames delivered.
+        corrupt: decode failures: packets the decoder rejected plus frames it delivered
+            flagged as damaged (``Frame.corrupt``).
+        missing: frames missing between delivered ones, from gaps in their pts (``Frame.gap``),
+            whatever lost them: the demuxer, a rejected packet, the decoder. Frames lost after
+            the last delivered one are not seen.
+        gaps_checked: False once the pts stopped stepping by whole frame durations (variable
+            frame rate) or were missing: from there on no gap is judged.
+        first_error: the first decoder error and its time.
+        events_omitted: events beyond the first ``MAX_EVENTS``, counted only.
+        events: where frames were lost or damaged, in the order seen.
+    """
 
     decoded: int = 0
     corrupt: int = 0
+    missing: int = 0
+    gaps_checked: bool = True
     first_error: str | None = None
+    events_omitted: int = 0
+    events: list[DecodeEvent] = field(default_factory=list)
+
+    def record(self, event: DecodeEvent) -> None:
+        """Keep ``event`` if fewer than ``MAX_EVENTS`` are kept, else count it."""
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(event)
+        else:
+            self.events_omitted += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-ready values, events as dicts (for ``run.json``)."""
+        return asdict(self)
+
+
+def _whole_steps(delta: int, step: float) -> int | None:
+    """``delta`` in whole ``step``s, or None when it is off that grid (or ``step`` unknown)."""
+    if step <= 0:
+        return None
+    steps = delta / step
+    return round(steps) if abs(steps - round(steps)) <= _GRID_TOLERANCE else None
+
+
+class _Gaps:
+    """Frames missing before each delivered frame, judged on its pts step from the previous
+    one (presentation order) in units of the previous frame's duration: the duration the
+    container or parser gives the frame, else the stream's nominal rate. A step of n whole
+    durations means n - 1 frames missing, once a step of exactly one duration has been seen
+    (so a nominal rate that does not fit the stream cannot pass for loss). A step off that
+    grid (variable frame rate), or a frame without pts, stops the judging for good. Frames
+    missing before the first one count when it starts whole durations of its own after the
+    stream's start time.
+    """
+
+    def __init__(self, stream: av.VideoStream):
+        rate = stream.average_rate or stream.guessed_rate
+        self._nominal = float(1 / (rate * stream.time_base)) if rate else 0.0
+        self._start = stream.start_time
+        self._last: int | None = None
+        self._step = 0.0
+        self._confirmed = False
+        self.checked = True
+
+    def missing_before(self, pts: int | None, duration: int) -> int:
+        """Frames missing just before the frame at ``pts`` that lasts ``duration``."""
+        if pts is None:
+            self.checked = False
+        if not self.checked:
+            return 0
+        last, step = self._last, self._step
+        self._last, self._step = pts, float(duration) or self._nominal
+        if last is None:
+            if self._start is None:
+                return 0
+            return max(_whole_steps(pts - self._start, float(duration)) or 0, 0)
+        steps = _whole_steps(pts - last, step)
+        if steps is None or steps < 1:
+            self.checked = False
+            return 0
+        self._confirmed |= steps == 1
+        return steps - 1 if self._confirmed else 0
+
+
+class _ToRgb:
+    """RGB arrays of decoded frames, display rotation applied, from an FFmpeg filter graph.
+
+    The graph converts exactly as the ffmpeg CLI does (PyAV's ``to_ndarray`` does not for
+    10-bit video), in slices on FFmpeg's threads without the GIL, into buffers from a pool
+    that come back when the consumer drops the image: allocating a fresh 1080p array per
+    frame cost more in page faults than the conversion itself. Pool rows are padded to a
+    multiple of 64 pixels, so other widths (720, 1440…) are copied to a contiguous array.
+    The graph is rebuilt when frames change size or format mid-stream.
+    """
+
+    def __init__(self, rotation: int):
+        self._filters = _ROTATE.get(rotation, ())
+        self._key: tuple | None = None
+        self._graph: av.filter.Graph | None = None
+        self._source: av.filter.FilterContext | None = None
+        self._sink: av.filter.FilterContext | None = None
+
+    def _configure(self, frame: av.VideoFrame) -> None:
+        graph = av.filter.Graph()
+        source = graph.add(
+            "buffer",
+            video_size=f"{frame.width}x{frame.height}",
+            pix_fmt=frame.format.name,
+            time_base="1/1",
+            pixel_aspect="1/1",
+            colorspace=str(int(frame.colorspace)),
+            range=str(int(frame.color_range)),
+        )
+        filters = [graph.add(name, arg) for name, arg in self._filters]
+        sink = graph.add("buffersink")
+        graph.link_nodes(source, *filters, graph.add("format", "rgb24"), sink).configure()
+        self._graph, self._source, self._sink = graph, source, sink
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        key = (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range)
+        if key != self._key:
+            self._configure(frame)
+            self._key = key
+        self._source.push(frame)
+        image = self._sink.pull().to_ndarray()
+        return image if image.flags.c_contiguous else np.ascontiguousarray(image)
 
 
 def _is_still_image(container: av.container.InputContainer) -> bool:
@@ -129,7 +292,7 @@ class VideoReader:
 
     def _make_info(self, first: av.VideoFrame) -> VideoInfo:
         stream, container = self._stream, self._container
-        rotation = round(first.rotation) % 360
+        rotation = 90 * round(first.rotation / 90) % 360  # the rotations _ToRgb can apply
         width, height = first.width, first.height
         if rotation in (90, 270):
             width, height = height, width
@@ -154,9 +317,11 @@ class VideoReader:
 
     def _lost(self, error: av.error.FFmpegError, packet: av.Packet) -> None:
         self.stats.corrupt += 1
+        time = None if packet.pts is None else float(packet.pts * packet.time_base)
         if self.stats.first_error is None:
-            where = "" if packet.pts is None else f" at {float(packet.pts * packet.time_base):.3f}s"
+            where = "" if time is None else f" at {time:.3f}s"
             self.stats.first_error = f"{type(error).__name__}{where}: {error.strerror}"
+        self.stats.record(DecodeEvent("error", packet.pts, time))
 
     def _decode(self) -> Iterator[av.VideoFrame]:
         # The demuxer ends with an empty packet per stream, which flushes the decoder.
@@ -172,20 +337,26 @@ class VideoReader:
         if self._first is None:
             raise RuntimeError("VideoReader can be iterated only once")
         first, self._first = self._first, None
-        time_base = self._stream.time_base
+        stats, time_base = self.stats, self._stream.time_base
         step = 1 / (self._stream.average_rate or self._stream.guessed_rate or 25)
-        k = round(self.info.rotation / 90) % 4
-        time = None
+        gaps, to_rgb = _Gaps(self._stream), _ToRgb(self.info.rotation)
+        time = -step  # a stream without pts starts at 0
         for frame in itertools.chain([first], self._frames):
-            if frame.pts is not None:
-                time = frame.pts * time_base
-            else:
-                time = 0 if time is None else time + step
-            image = frame.to_ndarray(format="rgb24")
-            if k:
-                image = np.ascontiguousarray(np.rot90(image, k))
-            self.stats.decoded += 1
-            yield Frame(self.stats.decoded - 1, frame.pts, float(time), image)
+            pts = frame.pts
+            time = pts * time_base if pts is not None else time + step
+            index, time_s = stats.decoded, float(time)
+            stats.decoded += 1
+            gap = gaps.missing_before(pts, frame.duration)
+            stats.gaps_checked = gaps.checked
+            if gap:
+                stats.missing += gap
+                stats.record(DecodeEvent("gap", pts, time_s, gap, index))
+            corrupt = frame.is_corrupt
+            if corrupt:
+                stats.corrupt += 1
+                stats.record(DecodeEvent("corrupt", pts, time_s, 0, index))
+            # Built in the yield, so no reference to the image outlives the consumer's.
+            yield Frame(index, pts, time_s, to_rgb(frame), corrupt, gap)
 
     def close(self) -> None:
         """Close the container (idempotent)."""

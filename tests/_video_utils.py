@@ -22,6 +22,7 @@ WIDTH, HEIGHT, FRAMES = 96, 64, 12
 # name → (VideoWriter codec, file suffix, ffprobe codec_name)
 FORMATS: dict[str, tuple[str, str, str]] = {
     "h264-mp4": ("libx264", ".mp4", "h264"),
+    "h264-ts": ("libx264", ".ts", "h264"),
     "mpeg4-avi": ("mpeg4", ".avi", "mpeg4"),
     "mjpeg-avi": ("mjpeg", ".avi", "mjpeg"),
     "vp9-webm": ("libvpx-vp9", ".webm", "vp9"),
@@ -71,18 +72,23 @@ def write_video(
     fps: float = 25,
     pts: list[int] | None = None,
     time_base: Fraction | None = None,
+    noise: int = 0,
 ) -> Path:
     """Write ``numbered_frame(0..frames-1)`` with a codec of ``FORMATS``; ``path``'s suffix is
-    replaced by the format's. ``pts`` (in ``time_base``) makes a variable-frame-rate file."""
+    replaced by the format's. ``pts`` (in ``time_base``) makes a variable-frame-rate file.
+    ``noise`` adds seeded uniform noise of that amplitude, so packets get as large as a
+    camera's (several MPEG-TS packets each) while the numbers stay readable."""
     codec, suffix, _ = FORMATS[fmt]
     path = Path(path).with_suffix(suffix)
     with VideoWriter(
         path, width=width, height=height, fps=fps, time_base=time_base, codec=codec
     ) as writer:
         for i in range(frames if pts is None else len(pts)):
-            writer.write(
-                numbered_frame(i, width=width, height=height), None if pts is None else pts[i]
-            )
+            image = numbered_frame(i, width=width, height=height)
+            if noise:
+                grain = np.random.default_rng(i).integers(-noise, noise + 1, image.shape)
+                image = np.clip(image + grain, 0, 255).astype(np.uint8)
+            writer.write(image, None if pts is None else pts[i])
     return path
 
 
@@ -162,6 +168,19 @@ def corrupt_packets(src: Path, dst: Path, packets: range, *, seed: int = 0) -> P
     return Path(dst)
 
 
+def drop_bytes(src: Path, dst: Path, spans: list[tuple[int, int]]) -> Path:
+    """Copy ``src`` to ``dst`` without the byte ``spans`` (offset, size): data lost in
+    transmission, as when MPEG-TS packets (188 bytes each) go missing."""
+    data = Path(src).read_bytes()
+    kept, start = [], 0
+    for pos, size in sorted(spans):
+        kept.append(data[start:pos])
+        start = pos + size
+    kept.append(data[start:])
+    Path(dst).write_bytes(b"".join(kept))
+    return Path(dst)
+
+
 def ffprobe_stream(path: Path) -> dict:
     """ffprobe's view of the first video stream, with frames counted by decoding
     (``nb_read_frames`` as an int)."""
@@ -188,6 +207,26 @@ def ffprobe_frame_times(path: Path) -> list[float]:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return [float(line.strip().rstrip(",")) for line in out.split()]
+
+
+def ffprobe_frame_pts(path: Path) -> list[int]:
+    """The pts of each video frame ffprobe decodes, in presentation order."""
+    out = subprocess.run(
+        [
+            "ffprobe", "-v", "error", "-select_streams", "v:0",
+            "-show_entries", "frame=pts", "-of", "csv=p=0", str(path),
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [int(line.strip().rstrip(",")) for line in out.split()]
+
+
+def ffmpeg_decode_log(path: Path) -> str:
+    """What the ffmpeg CLI logs (level info) while decoding ``path`` to nothing."""
+    return subprocess.run(
+        ["ffmpeg", "-v", "info", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
 
 
 def ffmpeg_rgb_frames(path: Path, *, width: int, height: int) -> np.ndarray:
