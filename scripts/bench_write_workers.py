@@ -1,0 +1,180 @@
+"""Do the stateless parts of the mask and overlay writers scale with worker threads?
+
+    PYTHONPATH=. python scripts/bench_write_workers.py --out bench/write_workers
+
+Inputs are made here: a synthetic surgery at 1920×1080 with 3 instruments, its ground-truth
+parts masks standing in for the model's, and its pose cues. Each job runs over the frames with
+``Executor.map`` (results in frame order, as the pipeline keeps them) on 1 and 2 workers, in
+threads and, for comparison, in forked processes (whose results are pickled back); OpenCV
+uses one thread per call. Jobs, per frame:
+
+* png: ``encode_png`` (the PNG writer's stateless part);
+* overlay: ``OverlayWriter.render`` at the writer's defaults (scale 0.5, legend);
+* both: the two together, what one pipeline worker does.
+
+Each setting is timed ``--repeats`` times, alternating; the figures are the median frames/s
+and the speed-up from 1 to 2 workers. The script also reports the per-frame cost of the
+sequential parts that stay on the one muxing thread (core-ms, median): the PNG file write,
+the overlay's H.264 encode (closing amortized) and the FFV1 mask frame.
+
+Writes ``<out>/write_workers.json`` and prints a table. The speed-up needs 2 idle cores: on a
+shared machine check the load first (``uptime``); the load before and after is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from surgseg.cues import estimate_view, find_instruments
+from surgseg.sinks import Ffv1MaskWriter, OverlayWriter, PngMaskWriter, encode_png
+from surgseg.synthetic import SyntheticSurgery
+from surgseg.tasks import palette
+
+WIDTH, HEIGHT, FPS = 1920, 1080, 30
+
+# Filled in before the pools start; forked worker processes inherit it.
+_STATE: dict[str, Any] = {}
+
+
+def _png(i: int) -> bytes:
+    return encode_png(_STATE["masks"][i])
+
+
+def _overlay(i: int) -> np.ndarray:
+    return _STATE["overlay"].render(_STATE["images"][i], _STATE["masks"][i], _STATE["found"][i])
+
+
+def _both(i: int) -> tuple[bytes, np.ndarray]:
+    return _png(i), _overlay(i)
+
+
+JOBS: dict[str, Callable[[int], Any]] = {"png": _png, "overlay": _overlay, "both": _both}
+
+
+def _executor(kind: str, workers: int) -> Executor:
+    if kind == "thread":
+        return ThreadPoolExecutor(workers)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def throughput(job: Callable[[int], Any], kind: str, workers: int, frames: int) -> float:
+    """Frames per second of ``job`` over all frames on a warm pool."""
+    with _executor(kind, workers) as pool:
+        list(pool.map(job, range(workers)))  # start the workers
+        t0 = time.perf_counter()
+        for _ in pool.map(job, range(frames)):
+            pass
+        return frames / (time.perf_counter() - t0)
+
+
+def scaling(frames: int, repeats: int, kinds: list[str]) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, job in JOBS.items():
+            for kind in kinds:
+                for workers in (1, 2):
+                    key = f"{name}/{kind}/{workers}"
+                    runs.setdefault(key, []).append(throughput(job, kind, workers, frames))
+    fps = {key: round(statistics.median(v), 1) for key, v in runs.items()}
+    speedup = {
+        f"{name}/{kind}": round(fps[f"{name}/{kind}/2"] / fps[f"{name}/{kind}/1"], 3)
+        for name in JOBS
+        for kind in kinds
+    }
+    return {"fps": fps, "speedup_2_vs_1": speedup, "runs": runs}
+
+
+def _core_ms(fn: Callable[[int], Any], n: int) -> float:
+    cpu = []
+    for i in range(n):
+        c0 = time.process_time()
+        fn(i)
+        cpu.append(1e3 * (time.process_time() - c0))
+    return statistics.median(cpu)
+
+
+def sequential_parts(scratch: Path) -> dict[str, float]:
+    """Median core-ms per frame of what stays on the muxing thread."""
+    masks, n = _STATE["masks"], len(_STATE["masks"])
+    png = PngMaskWriter(scratch / "png")
+    encoded = [encode_png(m) for m in masks]
+    png_write = _core_ms(lambda i: png.write_encoded(i, i, encoded[i]), n)
+    overlay = OverlayWriter(scratch / "overlay.mp4", width=WIDTH, height=HEIGHT,
+                            time_base=Fraction(1, FPS), fps=FPS, palette=palette(4))  # fmt: skip
+    rendered = [_overlay(i) for i in range(n)]
+    encode = _core_ms(lambda i: overlay.write_rendered(rendered[i], i), n)
+    c0 = time.process_time()
+    overlay.close()
+    encode += 1e3 * (time.process_time() - c0) / n
+    ffv1 = Ffv1MaskWriter(scratch / "masks.mkv", width=WIDTH, height=HEIGHT,
+                          time_base=Fraction(1, FPS), fps=FPS)  # fmt: skip
+    ffv1_write = _core_ms(lambda i: ffv1.write(i, i, masks[i]), n)
+    ffv1.close()
+    return {"png_write_encoded": round(png_write, 3), "overlay_write_rendered": round(encode, 3),
+            "ffv1_write": round(ffv1_write, 3)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-processes", action="store_true", help="threads only")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    scratch = args.out / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+
+    surgery = SyntheticSurgery(width=WIDTH, height=HEIGHT, fps=FPS, seed=args.seed,
+                               num_instruments=3)  # fmt: skip
+    frames = [surgery.render(i) for i in range(args.frames)]
+    images, masks = [f.image for f in frames], [f.parts for f in frames]
+    view = estimate_view(images[0])
+    found = [[x.to_dict() for x in find_instruments(m, task="parts", view=view)] for m in masks]
+    renderer = OverlayWriter(scratch / "renderer.mp4", width=WIDTH, height=HEIGHT,
+                             time_base=Fraction(1, FPS), fps=FPS, palette=palette(4))  # fmt: skip
+    _STATE.update(images=images, masks=masks, found=found, overlay=renderer)
+
+    load_before = os.getloadavg()
+    kinds = ["thread"] if args.no_processes else ["thread", "process"]
+    results = {
+        "frame": [WIDTH, HEIGHT],
+        "frames": args.frames,
+        "cpu_count": os.cpu_count(),
+        "load_before": [round(v, 2) for v in load_before],
+        **scaling(args.frames, args.repeats, kinds),
+        "sequential_core_ms": sequential_parts(scratch),
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+    }
+    renderer.abort()
+    shutil.rmtree(scratch, ignore_errors=True)
+    (args.out / "write_workers.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"load average before {results['load_before']}, after {results['load_after']}")
+    print(f"{'job':<8} {'executor':<8} {'1 worker':>9} {'2 workers':>10} {'speed-up':>9}")
+    for name in JOBS:
+        for kind in kinds:
+            fps = results["fps"]
+            print(f"{name:<8} {kind:<8} {fps[f'{name}/{kind}/1']:9.1f} "
+                  f"{fps[f'{name}/{kind}/2']:10.1f} "
+                  f"{results['speedup_2_vs_1'][f'{name}/{kind}']:8.2f}×")  # fmt: skip
+    print("sequential parts, core-ms per frame:", results["sequential_core_ms"])
+
+
+if __name__ == "__main__":
+    main()
