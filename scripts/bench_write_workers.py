@@ -12,10 +12,12 @@ uses one thread per call. Jobs, per frame:
 * overlay: ``OverlayWriter.render`` at the writer's defaults (scale 0.5, legend);
 * both: the two together, what one pipeline worker does.
 
-Each setting is timed ``--repeats`` times, alternating; the figures are the median frames/s
-and the speed-up from 1 to 2 workers. The script also reports the per-frame cost of the
-sequential parts that stay on the one muxing thread (core-ms, median): the PNG file write,
-the overlay's H.264 encode (closing amortized) and the FFV1 mask frame.
+Each job and executor is timed ``--repeats`` times on 1 and 2 workers back to back; the
+figures are the median frames/s and the median speed-up of those pairs. The script also
+reports the per-frame cost of the sequential parts that stay on the one muxing thread
+(core-ms, median): the PNG file write, the overlay's H.264 encode (closing amortized) and the
+FFV1 mask frame. A profile of each job gives the share of its time spent holding the GIL,
+which bounds the thread speed-up independently of the machine's load.
 
 Writes ``<out>/write_workers.json`` and prints a table. The speed-up needs 2 idle cores: on a
 shared machine check the load first (``uptime``); the load before and after is recorded.
@@ -24,9 +26,11 @@ shared machine check the load first (``uptime``); the load before and after is r
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import multiprocessing
 import os
+import pstats
 import shutil
 import statistics
 import time
@@ -45,6 +49,7 @@ from surgseg.synthetic import SyntheticSurgery
 from surgseg.tasks import palette
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
+_CV2_NAMES = set(dir(cv2))
 
 # Filled in before the pools start; forked worker processes inherit it.
 _STATE: dict[str, Any] = {}
@@ -82,20 +87,45 @@ def throughput(job: Callable[[int], Any], kind: str, workers: int, frames: int) 
 
 
 def scaling(frames: int, repeats: int, kinds: list[str]) -> dict[str, Any]:
+    """fps per job, executor and worker count, and the speed-up of 2 workers over 1: the
+    median of back-to-back pairs (their order alternating), so that a slowly changing load
+    on a shared machine touches both runs of a pair alike."""
     runs: dict[str, list[float]] = {}
-    for _ in range(repeats):
+    pairs: dict[str, list[float]] = {}
+    for repeat in range(repeats):
         for name, job in JOBS.items():
             for kind in kinds:
-                for workers in (1, 2):
-                    key = f"{name}/{kind}/{workers}"
-                    runs.setdefault(key, []).append(throughput(job, kind, workers, frames))
-    fps = {key: round(statistics.median(v), 1) for key, v in runs.items()}
-    speedup = {
-        f"{name}/{kind}": round(fps[f"{name}/{kind}/2"] / fps[f"{name}/{kind}/1"], 3)
-        for name in JOBS
-        for kind in kinds
+                fps = {}
+                for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
+                    fps[workers] = throughput(job, kind, workers, frames)
+                    runs.setdefault(f"{name}/{kind}/{workers}", []).append(fps[workers])
+                pairs.setdefault(f"{name}/{kind}", []).append(fps[2] / fps[1])
+    return {
+        "fps": {key: round(statistics.median(v), 1) for key, v in runs.items()},
+        "speedup_2_vs_1": {key: round(statistics.median(v), 3) for key, v in pairs.items()},
+        "runs": runs,
+        "pair_speedups": pairs,
     }
-    return {"fps": fps, "speedup_2_vs_1": speedup, "runs": runs}
+
+
+def gil_held(frames: int) -> dict[str, dict[str, float]]:
+    """Per job, core-ms per frame under ``cProfile`` (on thread CPU time) and the share spent
+    holding the GIL: everything but OpenCV calls (which release it) and numpy copies. A
+    serial share s bounds the speed-up of 2 threads to 2 / (1 + s), whatever the load."""
+    result = {}
+    for name, job in JOBS.items():
+        profile = cProfile.Profile(time.thread_time)
+        profile.runcall(lambda j=job: [j(i) for i in range(frames)])
+        total = held = 0.0
+        for (file, _, function), (_, _, own, _, _) in pstats.Stats(profile).stats.items():
+            total += own
+            released = file == "~" and (
+                function.strip("<>") in _CV2_NAMES or "'copy' of 'numpy.ndarray'" in function
+            )
+            held += 0 if released else own
+        result[name] = {"core_ms": round(1e3 * total / frames, 3),
+                        "gil_held_share": round(held / total, 4)}  # fmt: skip
+    return result
 
 
 def _core_ms(fn: Callable[[int], Any], n: int) -> float:
@@ -132,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-processes", action="store_true", help="threads only")
     args = parser.parse_args()
@@ -158,6 +188,7 @@ def main() -> None:
         "frames": args.frames,
         "cpu_count": os.cpu_count(),
         "load_before": [round(v, 2) for v in load_before],
+        "profile": gil_held(args.frames),
         **scaling(args.frames, args.repeats, kinds),
         "sequential_core_ms": sequential_parts(scratch),
         "load_after": [round(v, 2) for v in os.getloadavg()],
@@ -173,6 +204,7 @@ def main() -> None:
             print(f"{name:<8} {kind:<8} {fps[f'{name}/{kind}/1']:9.1f} "
                   f"{fps[f'{name}/{kind}/2']:10.1f} "
                   f"{results['speedup_2_vs_1'][f'{name}/{kind}']:8.2f}×")  # fmt: skip
+    print("profiled core-ms per frame and GIL-held share:", results["profile"])
     print("sequential parts, core-ms per frame:", results["sequential_core_ms"])
 
 

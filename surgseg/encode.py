@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from surgseg.atomic import Output, atomic_path
+from surgseg.errors import ConfigError
 
 # Codec → (pixel format fed to the encoder, encoder options) for the codecs we write.
 CODECS: dict[str, tuple[str, dict[str, str]]] = {
@@ -58,6 +59,8 @@ class VideoWriter(Output):
     ):
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+        if threads < 0:
+            raise ConfigError(f"encoder threads must be 0 (automatic) or more, got {threads}")
         self.path = Path(path)
         self._pix_fmt, defaults = CODECS[codec]
         self._gray = self._pix_fmt == "gray"

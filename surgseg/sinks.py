@@ -26,7 +26,7 @@ from surgseg.errors import ConfigError
 from surgseg.tasks import TASKS
 
 MASK_FORMATS = ("png", "ffv1")
-FFV1_SLICES, FFV1_THREADS = 4, 1
+FFV1_SLICES, FFV1_THREADS = 4, 1  # see scripts/bench_frame_costs.py
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:
@@ -148,14 +148,20 @@ def open_mask_writer(
     height: int,
     time_base: Fraction,
     fps: float,
+    threads: int = FFV1_THREADS,
 ) -> PngMaskWriter | Ffv1MaskWriter:
     """``PngMaskWriter(out_dir)`` for "png", ``Ffv1MaskWriter(out_dir / "masks.mkv")`` for
-    "ffv1"."""
+    "ffv1" (``threads``: its encoder's slice threads)."""
     if fmt == "png":
         return PngMaskWriter(out_dir)
     if fmt == "ffv1":
         return Ffv1MaskWriter(
-            Path(out_dir) / "masks.mkv", width=width, height=height, time_base=time_base, fps=fps
+            Path(out_dir) / "masks.mkv",
+            width=width,
+            height=height,
+            time_base=time_base,
+            fps=fps,
+            threads=threads,
         )
     raise ConfigError(f"mask format must be one of {MASK_FORMATS}, got {fmt!r}")
 
@@ -240,16 +246,25 @@ def draw_overlay(
     marker at the entry (a triangle when the entry is on the view border, a cross otherwise)
     and the id next to the tip. Line widths scale with the frame size. Thread-safe.
     """
-    mask = _check_mask(mask)
+    out = image_rgb.copy()
+    _draw(out, _check_mask(mask), instruments, _colour_lut(np.asarray(palette, np.uint8)), alpha)
+    return out
+
+
+def _draw(out: np.ndarray, mask: np.ndarray, instruments: list[dict[str, Any]],
+          lut: np.ndarray, alpha: float) -> None:  # fmt: skip
+    """``draw_overlay`` in place, with few full-frame temporaries (they cost page faults when
+    allocated and hold the GIL when freed)."""
     height, width = mask.shape
     thick = _thickness(height, width)
     radius = max(1, round(thick / 2))
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
     high, low = cv2.dilate(mask, kernel), cv2.erode(mask, kernel)
-    colours = cv2.LUT(cv2.merge((high, high, high)), _colour_lut(np.asarray(palette, np.uint8)))
-    out = image_rgb.copy()
-    cv2.copyTo(cv2.addWeighted(image_rgb, 1 - alpha, colours, alpha, 0), mask, out)
-    cv2.copyTo(colours, cv2.compare(high, low, cv2.CMP_NE), out)
+    colours = cv2.merge((high, high, high))
+    cv2.LUT(colours, lut, dst=colours)
+    outline = cv2.compare(high, low, cv2.CMP_NE, dst=low)
+    cv2.copyTo(cv2.addWeighted(out, 1 - alpha, colours, alpha, 0), mask, out)
+    cv2.copyTo(colours, outline, out)
     for inst in instruments:
         entry = tuple(round(v) for v in inst["entry"])
         tip = tuple(round(v) for v in inst["tip"])
@@ -260,7 +275,6 @@ def draw_overlay(
         if inst.get("id") is not None:
             org = (tip[0] + 4 * thick + 2, tip[1] - 4 * thick - 2)
             _outlined_text(out, str(inst["id"]), org, 0.35 * thick + 0.05, thick)
-    return out
 
 
 def _outlined_text(image: np.ndarray, text: str, org: tuple[int, int], scale: float,
@@ -336,8 +350,10 @@ class OverlayWriter(Output):
     resized with INTER_AREA, the mask with INTER_NEAREST and the instruments' coordinates
     mapped to match, so line widths and text follow the overlay's size. ``scale=1`` keeps the
     full resolution (odd sizes then get one edge-replicated row/column). ``preset`` and
-    ``threads`` are x264's. ``class_names`` (row 0 background) label the legend; by default
-    those of the task with as many classes as ``palette`` has rows.
+    ``threads`` are x264's; ``alpha`` is the opacity of the class colours. ``class_names``
+    (row 0 background) label the legend (``legend=True``, drawn once here and pasted in the
+    top-left corner of each frame); by default those of the task with as many classes as
+    ``palette`` has rows.
 
     ``render`` (stateless, thread-safe) and ``write_rendered`` (sequential: encode and mux)
     split ``write`` so that frames can be drawn on worker threads. The file appears under
@@ -358,6 +374,7 @@ class OverlayWriter(Output):
         preset: str = "ultrafast",
         threads: int = 1,
         legend: bool = True,
+        alpha: float = 0.45,
     ):
         if not 0 < scale <= 1:
             raise ConfigError(f"overlay scale must be in (0, 1], got {scale}")
@@ -365,6 +382,8 @@ class OverlayWriter(Output):
             raise ConfigError(f"overlay preset must be one of {X264_PRESETS}, got {preset!r}")
         self.path = Path(path)
         self.palette = np.asarray(palette, np.uint8)
+        self.alpha = alpha
+        self._lut = _colour_lut(self.palette)
         if class_names is None:
             names = [n for n in TASKS.values() if len(n) == len(self.palette)]
             class_names = names[0] if names else [f"class {i}" for i in range(len(self.palette))]
@@ -396,8 +415,11 @@ class OverlayWriter(Output):
                 f"expected a {self.frame_size[::-1]} frame and mask, got {image_rgb.shape} and "
                 f"{mask.shape}"
             )
-        if self.size != self.frame_size:
-            image_rgb = cv2.resize(image_rgb, self.size, interpolation=cv2.INTER_AREA)
+        mask = _check_mask(mask)
+        if self.size == self.frame_size:
+            out = image_rgb.copy()
+        else:
+            out = cv2.resize(image_rgb, self.size, interpolation=cv2.INTER_AREA)
             mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST)
             sx, sy = (s / f for s, f in zip(self.size, self.frame_size, strict=True))
             instruments = [
@@ -408,7 +430,7 @@ class OverlayWriter(Output):
                 }
                 for inst in instruments
             ]
-        out = draw_overlay(image_rgb, mask, instruments, self.palette)
+        _draw(out, mask, instruments, self._lut, self.alpha)
         if self._legend is not None:
             _paste_legend(out, *self._legend)
         return out

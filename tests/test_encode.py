@@ -5,6 +5,7 @@ import pytest
 from _video_utils import ffmpeg_rgb_frames, ffprobe_frame_times
 
 from surgseg.encode import VideoWriter
+from surgseg.errors import ConfigError
 
 
 def _colour_blocks(height: int = 64, width: int = 96) -> np.ndarray:
@@ -43,4 +44,10 @@ def test_closing_without_a_frame_writes_nothing(tmp_path):
     writer = VideoWriter(tmp_path / "v.mp4", width=32, height=32)
     with pytest.raises(ValueError, match="without a frame"):
         writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_threads_are_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="threads"):
+        VideoWriter(tmp_path / "v.mp4", width=32, height=32, threads=-1)
     assert list(tmp_path.iterdir()) == []
