@@ -10,7 +10,9 @@ uses one thread per call. Jobs, per frame:
 
 * png: ``encode_png`` (the PNG writer's stateless part);
 * overlay: ``OverlayWriter.render`` at the writer's defaults (scale 0.5, legend);
-* both: the two together, what one pipeline worker does.
+* both: the two together, what one pipeline worker does;
+* reference: a 9×9 Gaussian blur of the frame, one OpenCV call that never needs the GIL:
+  its speed-up is what the machine allows at the time (2.0 on 2 idle cores).
 
 Each job and executor is timed ``--repeats`` times on 1 and 2 workers back to back; the
 figures are the median frames/s and the median speed-up of those pairs. The script also
@@ -67,7 +69,16 @@ def _both(i: int) -> tuple[bytes, np.ndarray]:
     return _png(i), _overlay(i)
 
 
-JOBS: dict[str, Callable[[int], Any]] = {"png": _png, "overlay": _overlay, "both": _both}
+def _reference(i: int) -> np.ndarray:
+    return cv2.GaussianBlur(_STATE["images"][i], (9, 9), 0)
+
+
+JOBS: dict[str, Callable[[int], Any]] = {
+    "png": _png,
+    "overlay": _overlay,
+    "both": _both,
+    "reference": _reference,
+}
 
 
 def _executor(kind: str, workers: int) -> Executor:
