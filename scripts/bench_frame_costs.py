@@ -11,10 +11,12 @@ frames of the wall time (ms) and of the process CPU time (core-ms) per frame:
 
 * cues: instruments of a parts mask (``find_instruments`` with the view estimated once per
   video, as a ``FieldOfView``), the tracker, and the ``cues.jsonl`` line (``json.dumps``);
-* png: one PNG mask file (``PngMaskWriter``);
-* ffv1: one frame of the FFV1 mask video (``Ffv1MaskWriter``; closing amortized);
-* overlay: one overlay frame drawn and encoded (``OverlayWriter`` at its defaults; closing
-  amortized);
+* png: one PNG mask file (``PngMaskWriter``: encode + atomic write), then the encoding alone
+  per zlib strategy × row filter, with sizes;
+* ffv1: one frame of the FFV1 mask video (``Ffv1MaskWriter``; closing amortized), then per
+  slices × encoder threads;
+* overlay: one overlay frame drawn (``render``) and encoded (``write_rendered``; closing
+  amortized) by ``OverlayWriter`` at its defaults, then per scale × x264 preset;
 * decode: ``VideoReader`` against plain PyAV and ``ffmpeg -pix_fmt rgb24 -f null -`` on the
   same file, alternating, median of ``--repeats`` runs each (threads: each decoder's default):
   frames per second, core-ms and minor page faults per frame (all the decoder's threads,
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +95,41 @@ def bench_cues(images: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, f
     return {**result, "instruments_per_frame": statistics.mean(counts)}
 
 
-def bench_png(masks: list[np.ndarray], scratch: Path) -> dict[str, float]:
+def _encode_cost(fn: Callable[[np.ndarray], bytes], masks: list[np.ndarray]) -> dict[str, float]:
+    sizes: list[int] = []
+    result = per_frame(lambda i: sizes.append(len(fn(masks[i]))), len(masks))
+    return {"core_ms": round(result["core_ms"], 3), "kb_per_frame": statistics.mean(sizes) / 1e3}
+
+
+def bench_png(masks: list[np.ndarray], scratch: Path) -> dict[str, Any]:
+    """The PNG writer at its defaults (encode + atomic file write), and the encoding alone
+    for zlib strategies × PNG row filters (compression level 1), OpenCV's defaults first."""
     writer = PngMaskWriter(scratch / "png")
     result = per_frame(lambda i: writer.write(i, i, masks[i]), len(masks))
     size = sum(p.stat().st_size for p in (scratch / "png" / "masks").glob("*.png"))
-    return {**result, "kb_per_frame": size / len(masks) / 1e3}
+    encode = per_frame(lambda i: writer.encode(masks[i]), len(masks))
+    settings = {"opencv_default": _encode_cost(lambda m: cv2.imencode(".png", m)[1], masks)}
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+        for strategy in ("DEFAULT", "FILTERED", "RLE"):
+            for png_filter in ("NONE", "SUB", "UP", "PAETH"):
+                params = [
+                    cv2.IMWRITE_PNG_COMPRESSION,
+                    1,
+                    cv2.IMWRITE_PNG_STRATEGY,
+                    getattr(cv2, f"IMWRITE_PNG_STRATEGY_{strategy}"),
+                    cv2.IMWRITE_PNG_FILTER,
+                    getattr(cv2, f"IMWRITE_PNG_FILTER_{png_filter}"),
+                ]
+                settings[f"{strategy.lower()}+{png_filter.lower()}"] = _encode_cost(
+                    lambda m, p=params: cv2.imencode(".png", m, p)[1], masks
+                )  # fmt: skip
+    return {**result, "encode_core_ms": encode["core_ms"], "kb_per_frame": size / len(masks) / 1e3,
+            "settings": settings}  # fmt: skip
 
 
-def bench_ffv1(masks: list[np.ndarray], scratch: Path) -> dict[str, float]:
-    from fractions import Fraction
-
-    path = scratch / "masks.mkv"
+def _ffv1(masks: list[np.ndarray], path: Path, **options: int) -> dict[str, float]:
     writer = Ffv1MaskWriter(path, width=WIDTH, height=HEIGHT, time_base=Fraction(1, FPS),
-                            fps=FPS)  # fmt: skip
+                            fps=FPS, **options)  # fmt: skip
     result = per_frame(lambda i: writer.write(i, i, masks[i]), len(masks))
     t0 = time.perf_counter()
     writer.close()
@@ -112,18 +137,53 @@ def bench_ffv1(masks: list[np.ndarray], scratch: Path) -> dict[str, float]:
     return {**result, "kb_per_frame": path.stat().st_size / len(masks) / 1e3}
 
 
-def bench_overlay(images: list[np.ndarray], masks: list[np.ndarray],
-                  scratch: Path) -> dict[str, float]:  # fmt: skip
-    from fractions import Fraction
+def bench_ffv1(masks: list[np.ndarray], scratch: Path) -> dict[str, Any]:
+    """One frame of the FFV1 mask video at the writer's defaults, and per slices × threads
+    (wall ms shrinks with slice threads only where a core is free; core-ms is the cost)."""
+    result = _ffv1(masks, scratch / "masks.mkv")
+    sweep = {f"slices={slices},threads={threads}": _ffv1(masks, scratch / "sweep.mkv",
+                                                           slices=slices, threads=threads)
+             for slices in (4, 6, 12) for threads in (1, 2, 4)}  # fmt: skip
+    return {**result, "settings": sweep}
 
+
+def _overlay(images: list[np.ndarray], masks: list[np.ndarray], found: list[list[dict]],
+             path: Path, **options: Any) -> dict[str, float]:  # fmt: skip
+    writer = OverlayWriter(path, width=WIDTH, height=HEIGHT, time_base=Fraction(1, FPS),
+                           fps=FPS, palette=palette(4), **options)  # fmt: skip
+    rendered: list[np.ndarray] = []
+    render = per_frame(lambda i: rendered.append(writer.render(images[i], masks[i], found[i])),
+                       len(masks))  # fmt: skip
+    encode = per_frame(lambda i: writer.write_rendered(rendered[i], i), len(masks))
+    c0, t0 = time.process_time(), time.perf_counter()
+    writer.close()
+    close_core_ms, close_ms = 1e3 * (time.process_time() - c0), 1e3 * (time.perf_counter() - t0)
+    # x264 buffers frames and encodes some of them on close: spread close over the frames
+    encode_core_ms = encode["core_ms"] + close_core_ms / len(masks)
+    return {
+        "ms": render["ms"] + encode["ms"] + close_ms / len(masks),
+        "core_ms": render["core_ms"] + encode_core_ms,
+        "render_core_ms": render["core_ms"],
+        "encode_core_ms": encode_core_ms,
+        "size": list(writer.size),
+        "kb_per_frame": path.stat().st_size / len(masks) / 1e3,
+    }
+
+
+def bench_overlay(images: list[np.ndarray], masks: list[np.ndarray],
+                  scratch: Path) -> dict[str, Any]:  # fmt: skip
+    """One overlay frame drawn (``render``) and encoded (``write_rendered``, closing
+    amortized) at the writer's defaults, and per scale × x264 preset."""
     view = estimate_view(images[0])
     found = [[x.to_dict() for x in find_instruments(m, task="parts", view=view)] for m in masks]
-    writer = OverlayWriter(scratch / "overlay.mp4", width=WIDTH, height=HEIGHT,
-                           time_base=Fraction(1, FPS), fps=FPS, palette=palette(4))  # fmt: skip
-    result = per_frame(lambda i: writer.write(images[i], masks[i], found[i], i), len(masks))
-    t0 = time.perf_counter()
-    writer.close()
-    return with_close(result, 1e3 * (time.perf_counter() - t0), len(masks))
+    result = _overlay(images, masks, found, scratch / "overlay.mp4")
+    sweep = {}
+    for scale in (0.5, 1.0):
+        for preset in ("ultrafast", "superfast", "veryfast"):
+            sweep[f"scale={scale},preset={preset}"] = _overlay(
+                images, masks, found, scratch / "sweep.mp4", scale=scale, preset=preset
+            )
+    return {**result, "settings": sweep}
 
 
 def make_decode_video(path: Path, frames: int, seed: int) -> Path:

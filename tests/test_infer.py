@@ -69,7 +69,7 @@ def test_outputs_of_one_video(clip, make_checkpoint, tmp_path):
         assert all(0 <= inst["confidence"] <= 1 for inst in record["instruments"])
 
     probe = ffprobe_stream(out / "overlay.mp4")
-    assert (probe["width"], probe["height"], probe["nb_read_frames"]) == (160, 128, 6)
+    assert (probe["width"], probe["height"], probe["nb_read_frames"]) == (80, 64, 6)  # scale 0.5
 
     info = json.loads((out / "run.json").read_text())
     assert info["frames"] == {"processed": 6, "decoded": 6, "corrupt": 0, "first_error": None}
