@@ -39,10 +39,10 @@ from surgseg.checkpoint import CheckpointMeta
 from surgseg.decode import VideoReader
 from surgseg.engines import Engine
 from surgseg.engines.torch_engine import TorchEngine
+from surgseg.live import stream
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
 from surgseg.stages import open_outputs, segmentation_pipeline
-from surgseg.stream import stream
 from surgseg.synthetic import write_clip
 from surgseg.tasks import class_names
 
@@ -189,8 +189,8 @@ def rss_over_long_video(out: Path, *, frames: int = 10_000) -> dict:
     process = psutil.Process()
     t0 = time.perf_counter()
     with VideoReader(video) as reader:
-        options = OutputOptions(masks="ffv1")
-        with open_outputs(folder, info=reader.info, options=options, num_classes=2) as outputs:
+        options, names = OutputOptions(masks="ffv1"), meta.class_names
+        with open_outputs(folder, info=reader.info, options=options, class_names=names) as outputs:
             pipeline = segmentation_pipeline(reader, predictor=predictor, cues=CueOptions(),
                                              outputs=outputs, batch_size=4)  # fmt: skip
             done = 0

@@ -18,7 +18,7 @@ _LAZY = {
     "build_model": "surgseg.model",
     "Prediction": "surgseg.predictor",
     "Predictor": "surgseg.predictor",
-    "stream": "surgseg.stream",
+    "stream": "surgseg.live",
 }
 
 __all__ = [
@@ -34,9 +34,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from surgseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from surgseg.live import stream
     from surgseg.model import build_model
     from surgseg.predictor import Prediction, Predictor
-    from surgseg.stream import stream
 
 
 def __getattr__(name: str) -> Any:

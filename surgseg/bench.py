@@ -43,6 +43,7 @@ from surgseg.atomic import atomic_path
 from surgseg.checkpoint import CheckpointMeta
 from surgseg.decode import Frame, VideoReader
 from surgseg.engines import create_engine
+from surgseg.live import percentiles_ms
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.pipeline import Pipeline, Stage
 from surgseg.predictor import Pending, Prediction, Predictor, Uploaded
@@ -58,7 +59,6 @@ from surgseg.stages import (
     upload,
     write_stages,
 )
-from surgseg.stream import percentiles_ms
 from surgseg.tasks import class_names
 
 CPU_STAGES = ("decode", "locate", "track", "render", "write")
@@ -353,7 +353,7 @@ def bench(
     monitor = _Monitor(device)
     scratch = out_dir / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
-    classes = predictor.meta.num_classes
+    names = predictor.meta.class_names
 
     # decode alone (the source thread of a pipeline without stages), keeping the first frames
     held: list[Frame] = []
@@ -376,7 +376,7 @@ def bench(
     locate, track = cue_stages(predictor, cues, workers=workers.locate)
     alone["locate"] = _alone([locate], batches, monitor)
     alone["track"] = _alone([track], batches, monitor)
-    opened = open_outputs(scratch / "alone", info=info, options=outputs, num_classes=classes)
+    opened = open_outputs(scratch / "alone", info=info, options=outputs, class_names=names)
     render, write = write_stages(opened, workers=workers.render)
     alone["render"] = _alone([render], batches, monitor)
     for batch in batches:  # the render run has emptied them, as the write stage does
@@ -389,7 +389,7 @@ def bench(
     del batches
 
     # end to end
-    opened = open_outputs(scratch / "end_to_end", info=info, options=outputs, num_classes=classes)
+    opened = open_outputs(scratch / "end_to_end", info=info, options=outputs, class_names=names)
     end_to_end: dict[str, Any] = {}
     latencies: list[float] = []
     with VideoReader(video) as reader:

@@ -12,8 +12,8 @@ import numpy as np
 
 from surgseg.atomic import atomic_path
 from surgseg.cues import (
+    FieldOfView,
     cue_errors,
-    estimate_view,
     find_instruments,
     match_to_ground_truth,
     summarize_errors,
@@ -27,7 +27,7 @@ from surgseg.tasks import class_names
 
 
 def _cue_errors_for(
-    masks: list[np.ndarray], clip: SyntheticClip, task: str, view: np.ndarray, cues: CueOptions
+    masks: list[np.ndarray], clip: SyntheticClip, task: str, view: FieldOfView, cues: CueOptions
 ) -> dict[str, Any]:
     tips: list[float] = []
     axes: list[float] = []
@@ -68,7 +68,7 @@ def evaluate_run(run_dir: Path, clip: SyntheticClip, *, task: str, cues: CueOpti
         truth = clip.mask(task, index)
         task_metrics.update(mask, truth)
         binary_metrics.update((mask > 0).astype(np.uint8), (truth > 0).astype(np.uint8))
-    view = estimate_view(next(iter(read_frames(clip.video))).image)
+    view = FieldOfView.from_image(next(iter(read_frames(clip.video))).image)
     truth_masks = [clip.mask(task, i) for i in range(len(clip))]
     return {
         "task": task,

@@ -129,7 +129,7 @@ def process_video(
     meta = predictor.meta
     with VideoReader(video) as reader:
         info = reader.info
-        opened = open_outputs(out_dir, info=info, options=outputs, num_classes=meta.num_classes)
+        opened = open_outputs(out_dir, info=info, options=outputs, class_names=meta.class_names)
         bar = progress_bar(total=info.frames_reported, desc=video.name, enabled=progress,
                            leave=False)  # fmt: skip
         try:
@@ -183,12 +183,7 @@ def process_video(
             "frames_reported": info.frames_reported,
             "duration_s": info.duration_s,
         },
-        "frames": {
-            "processed": processed,
-            "decoded": stats.decoded,
-            "corrupt": stats.corrupt,
-            "first_error": stats.first_error,
-        },
+        "frames": {"processed": processed, **stats.to_dict()},
         "outputs": {
             "masks": {"png": "masks/", "ffv1": "masks.mkv", None: None}[outputs.masks],
             "cues": "cues.jsonl",

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from surgseg.errors import ConfigError
 
 MASK_FORMATS = ("png", "ffv1")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                "slower", "veryslow", "placebo")  # fmt: skip
 
 
 def _opt(default: object, help: str) -> object:
@@ -50,10 +52,26 @@ class OutputOptions:
     masks: str | None = _opt("png", "png: masks/000123.png per frame; ffv1: one lossless "
                                     "masks.mkv; null: no masks")
     overlay: bool = _opt(True, "overlay.mp4: classes, axis, entry and tip drawn on the frames")
+    overlay_scale: float = _opt(0.5, "overlay size as a fraction of the frame size; 1: full "
+                                     "resolution")
+    overlay_preset: str = _opt("ultrafast", "x264 preset of the overlay (superfast: smaller "
+                                            "files, a little more CPU)")
+    overlay_threads: int = _opt(1, "x264 threads of the overlay encoder (0: x264's choice)")
+    overlay_legend: bool = _opt(True, "a key of the class colours and marks in the overlay")
+    ffv1_threads: int = _opt(2, "slice threads of the FFV1 mask encoder")
 
     def __post_init__(self) -> None:
         if self.masks is not None and self.masks not in MASK_FORMATS:
             raise ConfigError(f"outputs.masks must be one of {MASK_FORMATS}, got {self.masks!r}")
+        if not 0 < self.overlay_scale <= 1:
+            raise ConfigError(f"outputs.overlay_scale must be in (0, 1], got {self.overlay_scale}")
+        if self.overlay_preset not in X264_PRESETS:
+            raise ConfigError(f"outputs.overlay_preset must be one of {X264_PRESETS}, got "
+                              f"{self.overlay_preset!r}")  # fmt: skip
+        for key in ("overlay_threads", "ffv1_threads"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"outputs.{key} must be an integer ≥ 0, got {value!r}")
 
 
 def resolve_workers(value: int | str, *, key: str = "workers") -> int:

@@ -23,9 +23,9 @@ import numpy as np
 from surgseg.atomic import Output, atomic_path
 from surgseg.encode import VideoWriter
 from surgseg.errors import ConfigError
+from surgseg.options import MASK_FORMATS, X264_PRESETS
 from surgseg.tasks import TASKS
 
-MASK_FORMATS = ("png", "ffv1")
 FFV1_SLICES, FFV1_THREADS = 4, 2  # 2 slice threads: half the wall time, same core-ms
 
 
@@ -203,15 +203,17 @@ class CuesWriter(Output):
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record as a line and flush it."""
-        self._file.write(json.dumps(record, default=_builtin) + "\n")
+        self.write_line(json.dumps(record, default=_builtin))
+
+    def write_line(self, line: str) -> None:
+        """Append one JSON line (encoded by the caller) and flush it."""
+        self._file.write(line + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                "slower", "veryslow", "placebo")  # fmt: skip
 _WHITE, _YELLOW, _BLACK = (255, 255, 255), (255, 220, 0), (0, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

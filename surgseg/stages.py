@@ -1,6 +1,6 @@
 """The segmentation stages, their options, and the one place a run's outputs are opened.
 
-Offline processing (``surgseg.infer``), live streaming (``surgseg.stream``) and the benchmark
+Offline processing (``surgseg.infer``), live streaming (``surgseg.live``) and the benchmark
 (``surgseg.bench``) are all built from these stages on the generic ``surgseg.pipeline``::
 
     decode ─▶ upload ─▶ segment ─▶ download ─▶ locate ─▶ track ─▶ render ─▶ write
@@ -19,16 +19,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from surgseg.atomic import Output, atomic_path
-from surgseg.cues import Instrument, estimate_view, find_instruments
+from surgseg.atomic import Output
+from surgseg.cues import FieldOfView, Instrument, find_instruments
 from surgseg.decode import Frame, VideoInfo
 from surgseg.errors import ConfigError
 from surgseg.options import CueOptions, OutputOptions, Workers
@@ -36,6 +35,7 @@ from surgseg.pipeline import Pipeline, Stage
 from surgseg.predictor import Pending, Prediction, Predictor, Uploaded
 from surgseg.sinks import (
     CuesWriter,
+    Ffv1MaskWriter,
     OverlayWriter,
     PngMaskWriter,
     open_mask_writer,
@@ -48,7 +48,7 @@ from surgseg.tracking import Tracker
 class Rendered:
     """One frame's outputs, encoded and ready to be written in order."""
 
-    png: bytes | None = None
+    mask: Any = None  # what the mask writer's ``write_encoded`` takes (PNG bytes, FFV1 mask)
     overlay: np.ndarray | None = None
     cue_line: str = ""
 
@@ -85,9 +85,10 @@ def batched(frames: Iterable[Frame], size: int) -> Iterator[Batch]:
 
 
 def cue_record(frame: Frame, instruments: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``cues.jsonl`` line of one frame."""
+    """The ``cues.jsonl`` line of one frame: where it is in the video, whether the decoder
+    flagged it (``corrupt``) or lost frames just before it (``gap``), and its instruments."""
     return {"index": frame.index, "pts": frame.pts, "time_s": round(frame.time_s, 6),
-            "instruments": instruments}  # fmt: skip
+            "corrupt": frame.corrupt, "gap": frame.gap, "instruments": instruments}  # fmt: skip
 
 
 # --- device stages -----------------------------------------------------------------------------
@@ -141,23 +142,23 @@ def download(predictor: Predictor) -> Stage:
 
 
 class Locate:
-    """Cue geometry of every frame of a batch: stateless but for the view, estimated once per
-    video from its first frame (``view="auto"``), so it may run on several threads."""
+    """Cue geometry of every frame of a batch: stateless but for the video's field of view,
+    found once from its first frame (``view="auto"``) and then shared, read-only, by every
+    worker thread."""
 
     def __init__(self, *, task: str, options: CueOptions):
         self.task = task
         self.options = options
-        self.view: np.ndarray | None = None
+        self.view: FieldOfView | None = None
         self._view_lock = threading.Lock()
-        self._view_known = options.view == "full"
 
-    def _view(self, image: np.ndarray) -> np.ndarray | None:
-        if not self._view_known:
-            with self._view_lock:
-                if not self._view_known:
-                    self.view = estimate_view(image)
-                    self._view_known = True
-        return self.view
+    def _view(self, image: np.ndarray) -> FieldOfView:
+        with self._view_lock:
+            if self.view is None:
+                auto = self.options.view == "auto"
+                self.view = (FieldOfView.from_image(image) if auto
+                             else FieldOfView(shape=image.shape[:2]))  # fmt: skip
+            return self.view
 
     def __call__(self, batch: Batch) -> Batch:
         o = self.options
@@ -197,35 +198,33 @@ def cue_stages(predictor: Predictor, options: CueOptions, *, workers: int,
 class Outputs(Output):
     """A run's open outputs: masks (PNG files or FFV1 video), ``cues.jsonl``, overlay video.
 
-    ``render`` is the stateless part (thread-safe): PNG encoding, overlay drawing, the cue
+    ``render`` is the stateless part (thread-safe): mask encoding, overlay drawing, the cue
     line. ``write`` is the sequential part: files and muxers, in frame order. ``close``
     finishes every output; ``abort`` drops what is not finished.
     """
 
-    def __init__(self, *, masks: Any = None, cues: CuesWriter | None = None,
-                 overlay: OverlayWriter | None = None):  # fmt: skip
+    def __init__(self, *, masks: PngMaskWriter | Ffv1MaskWriter | None = None,
+                 cues: CuesWriter | None = None, overlay: OverlayWriter | None = None):  # fmt: skip
         self.masks, self.cues, self.overlay = masks, cues, overlay
 
     def render(self, frame: Frame, prediction: Prediction,
                instruments: list[dict[str, Any]]) -> Rendered:  # fmt: skip
         """Encode one frame's outputs (any thread)."""
         out = Rendered(cue_line=json.dumps(cue_record(frame, instruments)))
-        if isinstance(self.masks, PngMaskWriter):
-            out.png = cv2.imencode(".png", prediction.mask)[1].tobytes()
+        if self.masks is not None:
+            out.mask = self.masks.encode(prediction.mask)
+        if self.overlay is not None:
+            out.overlay = self.overlay.render(frame.image, prediction.mask, instruments)
         return out
 
-    def write(self, frame: Frame, prediction: Prediction, rendered: Rendered) -> None:
+    def write(self, frame: Frame, rendered: Rendered) -> None:
         """Write one frame's rendered outputs (one thread, frame order)."""
-        if rendered.png is not None:
-            with atomic_path(self.masks.dir / f"{frame.index:06d}.png") as tmp:
-                tmp.write_bytes(rendered.png)
-        elif self.masks is not None:
-            self.masks.write(frame.index, frame.pts, prediction.mask)
+        if self.masks is not None:
+            self.masks.write_encoded(frame.index, frame.pts, rendered.mask)
         if self.cues is not None:
-            self.cues.write(json.loads(rendered.cue_line))
+            self.cues.write_line(rendered.cue_line)
         if self.overlay is not None:
-            self.overlay.write(frame.image, prediction.mask, json.loads(rendered.cue_line)[
-                "instruments"], frame.pts)
+            self.overlay.write_rendered(rendered.overlay, frame.pts)
 
     def _each(self) -> list[Output]:
         return [o for o in (self.masks, self.cues, self.overlay) if o is not None]
@@ -244,23 +243,28 @@ def open_outputs(
     *,
     info: VideoInfo,
     options: OutputOptions,
-    num_classes: int,
+    class_names: Sequence[str],
     cues: bool = True,
 ) -> Outputs:
     """Open a run's outputs in ``out_dir`` for a video described by ``info``: ``masks/`` or
-    ``masks.mkv``, ``cues.jsonl`` (unless ``cues`` is False) and ``overlay.mp4``."""
+    ``masks.mkv``, ``cues.jsonl`` (unless ``cues`` is False) and ``overlay.mp4``, for a model
+    with ``class_names`` (row 0 background)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fmt = info.writer_format()
     outputs = Outputs()
     try:
         if options.masks is not None:
-            outputs.masks = open_mask_writer(options.masks, out_dir, **fmt)
+            outputs.masks = open_mask_writer(options.masks, out_dir, threads=options.ffv1_threads,
+                                             **fmt)  # fmt: skip
         if cues:
             outputs.cues = CuesWriter(out_dir / "cues.jsonl")
         if options.overlay:
-            outputs.overlay = OverlayWriter(out_dir / "overlay.mp4", palette=palette(num_classes),
-                                            **fmt)  # fmt: skip
+            outputs.overlay = OverlayWriter(
+                out_dir / "overlay.mp4", palette=palette(len(class_names)),
+                class_names=class_names, scale=options.overlay_scale,
+                preset=options.overlay_preset, threads=options.overlay_threads,
+                legend=options.overlay_legend, **fmt)  # fmt: skip
     except BaseException:
         outputs.abort()
         raise
@@ -276,8 +280,8 @@ def write_stages(outputs: Outputs, *, workers: int) -> list[Stage]:
         return batch  # fmt: skip
 
     def write(batch: Batch) -> Batch:
-        for f, p, r in zip(batch.frames, batch.predictions, batch.rendered, strict=True):
-            outputs.write(f, p, r)
+        for frame, rendered in zip(batch.frames, batch.rendered, strict=True):
+            outputs.write(frame, rendered)
         batch.rendered = None
         return batch
 

@@ -72,12 +72,16 @@ def test_cuda_without_a_gpu_is_one_line(make_checkpoint, tmp_path):
 
 
 def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
+    from surgseg.synthetic import write_clip
+
     ckpt = make_checkpoint()
+    clips = tmp_path / "clips"
+    write_clip(clips / "c0", num_frames=1, width=64, height=64)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for where, needle in ((a_file, "is a file"), ("/proc/surgseg-test", "cannot be written")):
         for name, args in (("infer", ("input=x.mp4", f"checkpoint={ckpt}")),
-                           ("eval", (f"checkpoint={ckpt}", f"data.root={tmp_path}")),
+                           ("eval", (f"checkpoint={ckpt}", f"data.root={clips}")),
                            ("export", (f"checkpoint={ckpt}",)),
                            ("train", (f"data.root={tmp_path}",))):  # fmt: skip
             one_line_error(app(name, *args, f"output_dir={where}"), str(where), needle)
@@ -88,7 +92,7 @@ def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
 def test_a_second_process_is_refused_the_same_output_folder(make_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    fd = os.open(out / ".surgseg.lock", os.O_RDWR | os.O_CREAT)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # what a first surgseg process holds while it writes
     try:
         proc = app("infer", "input=x.mp4", f"checkpoint={make_checkpoint()}", f"output_dir={out}")
@@ -120,7 +124,7 @@ def test_help_shows_the_apps_own_settings():
 
 def test_import_loads_only_what_it_uses():
     code = ("import sys, surgseg.decode; "
-            "print('torch' in sys.modules, 'surgseg.stream' in sys.modules)")
+            "print('torch' in sys.modules, 'surgseg.live' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

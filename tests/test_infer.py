@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from surgseg.cues import estimate_view, find_instruments
 from surgseg.decode import read_frames
 from surgseg.errors import CheckpointError, ConfigError
 from surgseg.infer import find_inputs
+from surgseg.options import OutputOptions
 from surgseg.sinks import read_masks
 from surgseg.synthetic import write_clip
 
@@ -72,9 +74,15 @@ def test_outputs_of_one_video(clip, make_checkpoint, tmp_path):
     assert (probe["width"], probe["height"], probe["nb_read_frames"]) == (80, 64, 6)  # scale 0.5
 
     info = json.loads((out / "run.json").read_text())
-    assert info["frames"] == {"processed": 6, "decoded": 6, "corrupt": 0, "first_error": None}
+    assert info["frames"] == {"processed": 6, "decoded": 6, "corrupt": 0, "missing": 0,
+                              "gaps_checked": True, "first_error": None, "events_omitted": 0,
+                              "events": []}  # fmt: skip
+    assert info["model"] == {"task": "parts", "classes": {"background": 0, "shaft": 1,
+                             "wrist": 2, "clasper": 3}, "input_size": [64, 80],
+                             "engine": "torch", "device": "cpu"}  # fmt: skip
+    assert [(r["corrupt"], r["gap"]) for r in lines] == [(False, 0)] * 6
     assert info["checkpoint"] == str(ckpt.resolve())
-    assert info["config"]["outputs"] == {"masks": "png", "overlay": True}
+    assert info["config"]["outputs"] == asdict(OutputOptions())
     assert set(info["timing_s"]) == {"decode", "predict", "cues", "write"}
     assert info["software"]["torch"] and info["video"]["codec"] == "h264"
 

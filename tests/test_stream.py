@@ -23,9 +23,9 @@ from surgseg.checkpoint import CheckpointMeta
 from surgseg.decode import read_frames
 from surgseg.encode import VideoWriter
 from surgseg.engines import Engine
+from surgseg.live import stream
 from surgseg.predictor import Predictor
 from surgseg.sinks import read_masks
-from surgseg.stream import stream
 from surgseg.synthetic import write_clip
 from surgseg.tasks import class_names
 

@@ -36,7 +36,7 @@ HYDRA_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--hydra-help",
                "--shell-completion", "-sc", "--version", "--resolve")  # fmt: skip
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM,
                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)  # fmt: skip
-_LOCKS: dict[Path, int] = {}  # output folders this process holds, and their lock files
+_LOCKS: dict[Path, int] = {}  # output folders this process holds locked, and their fds
 
 
 def _config_dir() -> str:
@@ -155,7 +155,8 @@ def check_device(cfg: DictConfig) -> str:
 
 def claim_output_dir(path: str | Path, *, key: str = "output_dir") -> Path:
     """Create the output folder ``path`` if needed, check that it can be written, and lock it
-    for this process: a second process writing there is refused with one line."""
+    for this process (an ``flock`` on the folder itself, released when the process ends): a
+    second process writing there is refused with one line."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key} is a file, not a folder", path)
@@ -169,7 +170,7 @@ def claim_output_dir(path: str | Path, *, key: str = "output_dir") -> Path:
     folder = path.resolve()
     if folder in _LOCKS:
         return path
-    fd = os.open(folder / ".surgseg.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

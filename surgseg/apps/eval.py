@@ -20,7 +20,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     batch_size = check_int(cfg, "batch_size", minimum=1)
     progress = check_bool(cfg, "progress")
-    out_dir = claim_output_dir(cfg.output_dir)
     predictor = build_predictor(cfg, task=cfg.task)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if cfg.split is not None:
@@ -28,6 +27,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dataset = build_dataset(data.pop("kind"), task=predictor.meta.task, **data)
     if check_bool(cfg, "preflight"):
         preflight(dataset)
+    out_dir = claim_output_dir(cfg.output_dir)  # before the evaluation, not after it
     results = evaluate(
         predictor,
         dataset,

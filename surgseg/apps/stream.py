@@ -29,8 +29,8 @@ from surgseg.errors import ConfigError
 from surgseg.options import MASK_FORMATS, CueOptions, OutputOptions, Workers
 
 if TYPE_CHECKING:
+    from surgseg.live import LiveStream
     from surgseg.sinks import CuesWriter
-    from surgseg.stream import LiveStream
 
 
 def _paths(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -77,7 +77,8 @@ def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
     try:
         for n, result in enumerate(live):
             record = {"index": result.index, "pts": result.pts,
-                      "time_s": round(result.time_s, 6), "instruments": result.cues,
+                      "time_s": round(result.time_s, 6), "corrupt": result.corrupt,
+                      "gap": result.gap, "instruments": result.cues,
                       "latency_ms": round(1000 * result.latency_s, 2)}  # fmt: skip
             if cues_file is None:
                 print(json.dumps(record), flush=True)
@@ -87,7 +88,7 @@ def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
                 if masks is None:
                     masks = open_outputs(masks_dir, info=live.info, cues=False,
                                          options=OutputOptions(masks=masks_fmt, overlay=False),
-                                         num_classes=live.predictor.meta.num_classes)  # fmt: skip
+                                         class_names=live.predictor.meta.class_names)  # fmt: skip
                 # masks.mkv holds the emitted frames in order, each at its frame's pts
                 index = result.index if masks_fmt == "png" else n
                 masks.masks.write(index, result.pts, result.mask)
@@ -108,8 +109,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Raises KeyboardInterrupt after Ctrl-C, once the outputs are closed and the summary written.
     """
     from surgseg.atomic import write_json
+    from surgseg.live import stream
     from surgseg.sinks import CuesWriter
-    from surgseg.stream import stream
 
     output, summary_path, masks_dir = _paths(cfg)
     cues = dataclass_from(CueOptions, cfg.cues, "cues")

@@ -53,6 +53,8 @@ class StreamResult:
     confidence: np.ndarray  # (H, W) uint8: probability of the chosen class × 255
     cues: list[dict[str, Any]]  # tracked instruments, as in cues.jsonl
     latency_s: float  # from the frame's release to this result
+    corrupt: bool = False  # the decoder flagged the frame as damaged
+    gap: int = 0  # frames the decoder lost just before this one
 
 
 class Pacer:
@@ -174,7 +176,8 @@ class LiveStream:
                     self.latencies.append(latency)
                     frame, pred = batch.frames[0], batch.predictions[0]
                     yield StreamResult(frame.index, frame.pts, frame.time_s, pred.mask,
-                                       pred.confidence, batch.instruments[0], latency)  # fmt: skip
+                                       pred.confidence, batch.instruments[0], latency,
+                                       frame.corrupt, frame.gap)  # fmt: skip
             finally:
                 self._wall = time.perf_counter() - self._started
                 self._pipeline.stats["decode"].busy_s -= pacer.waited_s  # decoding time only
