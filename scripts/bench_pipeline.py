@@ -135,7 +135,7 @@ def gpu_rate(out: Path, *, standin_fps: float, repeats: int, batch_size: int = 8
         for _ in range(repeats):
             standin = StandInPredictor(predictions, meta, fps=standin_fps)
             runs.append(bench(clip / "video.mp4", predictor=standin, out_dir=out / "gpu_rate",
-                              batch_size=batch_size, held_frames=32, workers=Workers(k, k),
+                              batch_size=batch_size, held_frames=64, workers=Workers(k, k),
                               flops=False))  # fmt: skip
         by_workers[k] = summarize(runs[-repeats:])
     scaling = {stage: round(by_workers[2]["stages_alone_fps"][stage]
