@@ -197,28 +197,26 @@ def ffprobe_stream(path: Path) -> dict:
     return stream
 
 
-def ffprobe_frame_times(path: Path) -> list[float]:
-    """Presentation time (s) of each video frame, in presentation order, per ffprobe."""
+def _ffprobe_frames(path: Path, entry: str) -> list[str]:
+    """``frame=<entry>`` of each video frame ffprobe decodes, in presentation order."""
     out = subprocess.run(
         [
             "ffprobe", "-v", "error", "-select_streams", "v:0",
-            "-show_entries", "frame=best_effort_timestamp_time", "-of", "csv=p=0", str(path),
+            "-show_entries", f"frame={entry}", "-of", "csv=p=0", str(path),
         ],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return [float(line.strip().rstrip(",")) for line in out.split()]
+    return [line.strip().rstrip(",") for line in out.split()]
+
+
+def ffprobe_frame_times(path: Path) -> list[float]:
+    """Presentation time (s) of each video frame, in presentation order, per ffprobe."""
+    return [float(v) for v in _ffprobe_frames(path, "best_effort_timestamp_time")]
 
 
 def ffprobe_frame_pts(path: Path) -> list[int]:
     """The pts of each video frame ffprobe decodes, in presentation order."""
-    out = subprocess.run(
-        [
-            "ffprobe", "-v", "error", "-select_streams", "v:0",
-            "-show_entries", "frame=pts", "-of", "csv=p=0", str(path),
-        ],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return [int(line.strip().rstrip(",")) for line in out.split()]
+    return [int(v) for v in _ffprobe_frames(path, "pts")]
 
 
 def ffmpeg_decode_log(path: Path) -> str:

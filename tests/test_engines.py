@@ -263,14 +263,9 @@ build_once(engine, key, slow)
 
 
 def test_second_process_waits_for_the_first_and_never_loads_half_a_plan(tmp_path):
-    key = engine_cache_key(
-        gpu_name="GPU",
-        compute_capability=(9, 0),
-        trt_version="10.9.0",
-        precision="fp16",
-        profile=profile_shapes((1, 3, 64, 80), (1, 3, 64, 80), (8, 3, 64, 80)),
-        onnx_sha256="ab" * 32,
-    )
+    key = engine_cache_key(**{**KEY, "gpu_name": "GPU",
+                              "profile": profile_shapes((1, 3, 64, 80), (1, 3, 64, 80),
+                                                        (8, 3, 64, 80))})  # fmt: skip
     engine, started = cache_path(tmp_path, "model", key), tmp_path / "started"
     package = Path(surgseg.__file__).parent
     writer = subprocess.Popen(
