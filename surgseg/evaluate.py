@@ -126,6 +126,14 @@ def _write_submission(
             raise OSError(f"could not write {path}")
 
 
+METRIC_NOTES = (
+    "miou, mdice: mean over the foreground classes (background left out); miou_all: mean over "
+    "every class, background included; frame_iou: the EndoVis 2017 challenge's IoU, computed "
+    "per frame (an empty prediction on an empty ground truth counts as 1) and averaged over the "
+    "frames; IoU and Dice per class come from one confusion matrix over all the frames."
+)
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
 
@@ -152,6 +160,7 @@ def _markdown(results: dict[str, Any]) -> str:
     if results["overall"].get("frame_iou_video_mean") is not None:
         mean = results["overall"]["frame_iou_video_mean"]
         lines += ["", f"Mean over videos of the per-frame IoU: {mean:.4f}"]
+    lines += ["", METRIC_NOTES]
     return "\n".join(lines) + "\n"
 
 

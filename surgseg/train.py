@@ -572,7 +572,8 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     ax_iou.plot(
         [r["epoch"] for r in validated], [r["val_miou"] for r in validated], "o-", color="C1"
     )
-    ax_iou.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU", ylim=(0, 1))
+    ax_iou.set(xlabel="epoch", ylabel="mIoU (foreground classes)", title="Validation mIoU",
+               ylim=(0, 1))  # fmt: skip
     for ax in (ax_loss, ax_iou):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -141,3 +141,17 @@ def test_ctrl_c_during_start_up_is_one_line(delay, make_checkpoint, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
     assert proc.returncode in (130, 2), err  # 2: it got to the missing video before the signal
+
+
+def test_progress_in_a_log_file_is_plain_lines(make_checkpoint, tmp_path):
+    from surgseg.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "clip", num_frames=4, width=80, height=64)
+    log = tmp_path / "infer.log"
+    command = [str(BIN / "surgseg-infer"), f"input={clip / 'video.mp4'}",
+               f"checkpoint={make_checkpoint()}", f"output_dir={tmp_path / 'out'}"]  # fmt: skip
+    with log.open("w") as stderr:
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=stderr, check=True, timeout=300)
+    text = log.read_text()
+    assert "\r" not in text
+    assert "video.mp4: 4/4 frames (100 %)" in text

@@ -96,7 +96,9 @@ def test_eval_app_types_with_submission(make_checkpoint, ev17: Path, tmp_path: P
     assert results["frames"] == 4 and results["task"] == "types"
     assert len(results["overall"]["iou"]) == 8
     assert json.loads((out / "metrics.json").read_text())["frames"] == 4
-    assert "| instrument_dataset_3 |" in (out / "metrics.md").read_text()
+    report = (out / "metrics.md").read_text()
+    assert "| instrument_dataset_3 |" in report
+    assert "background left out" in report and "miou_all" in report  # the columns explained
     pngs = sorted((out / "submission").rglob("*.png"))
     assert [p.relative_to(out / "submission").parts[:2] for p in pngs] == [
         ("instrument_dataset_1", "TypeSegmentation")
