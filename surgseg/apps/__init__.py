@@ -16,11 +16,13 @@ import functools
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,6 +38,7 @@ HYDRA_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--hydra-help",
                "--shell-completion", "-sc", "--version", "--resolve")  # fmt: skip
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM,
                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)  # fmt: skip
+_INTERRUPTED = threading.Event()  # set by Ctrl-C: whatever is raised after it, the user stopped
 _LOCKS: dict[Path, int] = {}  # output folders this process holds locked, and their fds
 
 
@@ -58,6 +61,16 @@ def _register_option_groups() -> None:
 
 
 _register_option_groups()
+
+
+def _on_ctrl_c(signum: int, frame: object) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def _interrupted(prog: str) -> NoReturn:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -86,8 +99,12 @@ def cli_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 print(f"{prog}: error: {where}{exc.strerror}", file=sys.stderr)
                 sys.exit(1)
             except KeyboardInterrupt:
-                print(f"{prog}: interrupted", file=sys.stderr)
-                sys.exit(130)
+                _interrupted(prog)
+            except Exception:
+                # Ctrl-C inside a native import or call can surface as another exception
+                if _INTERRUPTED.is_set():
+                    _interrupted(prog)
+                raise
 
         return wrapper
 
@@ -330,6 +347,8 @@ def launch(app: str) -> None:
     Hydra ``main``, imported only then."""
     prog = f"surgseg-{app}"
     argv = sys.argv[1:]
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         if "--help" in argv or "-h" in argv:
             print(app_help(prog, app))
@@ -341,5 +360,8 @@ def launch(app: str) -> None:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted(prog)
+    except Exception:
+        if _INTERRUPTED.is_set():
+            _interrupted(prog)
+        raise
