@@ -62,6 +62,7 @@ class Instrument:
     entry: tuple[float, float]
     entry_on_border: bool
     tip: tuple[float, float]
+    tip_in_view: bool = True  # False: the far end touches the view's border (the tip is cut off)
     parts: dict[str, tuple[float, float]] = field(default_factory=dict)
     confidence: float | None = None
     id: int | None = None
@@ -79,6 +80,7 @@ class Instrument:
             "entry": _xy(self.entry),
             "entry_on_border": bool(self.entry_on_border),
             "tip": _xy(self.tip),
+            "tip_in_view": bool(self.tip_in_view),
             "parts": {name: _xy(p) for name, p in self.parts.items()},
             "confidence": None if self.confidence is None else round(float(self.confidence), 4),
         }
@@ -279,6 +281,8 @@ def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _F
     far = inside & (dist2 >= min(max(math.sqrt(reach2_max) - frame.tip_band, 0.0) ** 2, reach2_max))
     _, tip_x, tip_y = _mean_xy(far, xs, ys)
     tip = np.array([tip_x, tip_y])
+    # A tip band reaching into the border band is the view's edge, not the instrument's end.
+    tip_in_view = not cv2.countNonZero((far & frame.band[crop]).view(np.uint8))
     if axis @ (tip - entry) < 0:
         axis = -axis
 
@@ -292,6 +296,7 @@ def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _F
         entry=_point(entry),
         entry_on_border=bool(on_border),
         tip=_point(tip),
+        tip_in_view=tip_in_view,
         parts=parts,
         confidence=None
         if frame.confidence is None

@@ -244,7 +244,8 @@ def draw_overlay(
     pixels. Class boundaries are outlined in one pass for all classes: a pixel is on an
     outline when its neighbourhood holds more than one label, and takes the colour of the
     highest label there. For each instrument dict (``id``, ``entry`` [x, y], ``tip`` [x, y],
-    ``entry_on_border``) the axis is drawn from entry to tip, with a circle at the tip, a
+    ``entry_on_border``, ``tip_in_view``) the axis is drawn from entry to tip, with a circle at
+    the tip when it is in view, a
     marker at the entry (a triangle when the entry is on the view border, a cross otherwise)
     and the id next to the tip. Line widths scale with the frame size. Thread-safe.
     """
@@ -271,7 +272,8 @@ def _draw(out: np.ndarray, mask: np.ndarray, instruments: list[dict[str, Any]],
         entry = tuple(round(v) for v in inst["entry"])
         tip = tuple(round(v) for v in inst["tip"])
         cv2.line(out, entry, tip, _YELLOW, thick + 1, cv2.LINE_AA)
-        cv2.circle(out, tip, 3 * thick + 2, _WHITE, thick + 1, cv2.LINE_AA)
+        if inst.get("tip_in_view", True):  # a tip cut off by the view's border gets no circle
+            cv2.circle(out, tip, 3 * thick + 2, _WHITE, thick + 1, cv2.LINE_AA)
         marker = cv2.MARKER_TRIANGLE_UP if inst["entry_on_border"] else cv2.MARKER_CROSS
         cv2.drawMarker(out, entry, _YELLOW, marker, 6 * thick + 4, thick + 1, cv2.LINE_AA)
         if inst.get("id") is not None:

@@ -193,7 +193,7 @@ def test_to_dict_is_json_ready():
     assert json.loads(json.dumps(record)) == record
     assert list(record) == [
         "id", "label", "area_px", "bbox", "centroid", "axis", "angle_deg", "entry",
-        "entry_on_border", "tip", "parts", "confidence",
+        "entry_on_border", "tip", "tip_in_view", "parts", "confidence",
     ]  # fmt: skip
     assert record["confidence"] == 0.75 and record["id"] is None
     assert record["tip"] == [round(v, 2) for v in record["tip"]]
@@ -370,13 +370,15 @@ def _reference(mask, task, view, confidence, *, min_area=50, border_band=3.0, ti
             r2 = (xs - entry[0]) ** 2 + (ys - entry[1]) ** 2
         far = r2 >= min(max(math.sqrt(r2.max()) - tip_band, 0.0) ** 2, r2.max())
         tip = np.array([xs[far].mean(), ys[far].mean()])
+        tip_in_view = not band[ys[far], xs[far]].any()
         axis = axis if axis @ (tip - entry) >= 0 else -axis
         scale = 1 / 255 if confidence is not None and confidence.dtype == np.uint8 else 1.0
         found.append({
             "label": label, "area_px": len(xs),
             "bbox": (xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1),
             "centroid": (xs.mean(), ys.mean()), "axis": tuple(axis), "entry": tuple(entry),
-            "entry_on_border": on_border, "tip": tuple(tip), "parts": parts,
+            "entry_on_border": on_border, "tip": tuple(tip), "tip_in_view": tip_in_view,
+            "parts": parts,
             "confidence": None if confidence is None
             else confidence[ys, xs].mean(dtype=np.float64) * scale,
         })  # fmt: skip
@@ -386,8 +388,9 @@ def _reference(mask, task, view, confidence, *, min_area=50, border_band=3.0, ti
 def _assert_same(found, expected) -> None:
     assert len(found) == len(expected) > 0
     for inst, ref in zip(found, expected, strict=True):
-        assert (inst.label, inst.area_px, inst.bbox, inst.entry_on_border) == (
-            ref["label"], ref["area_px"], ref["bbox"], ref["entry_on_border"])  # fmt: skip
+        assert (inst.label, inst.area_px, inst.bbox, inst.entry_on_border, inst.tip_in_view) == (
+            ref["label"], ref["area_px"], ref["bbox"], ref["entry_on_border"],
+            ref["tip_in_view"])  # fmt: skip
         for name in ("centroid", "axis", "entry", "tip"):
             assert getattr(inst, name) == pytest.approx(ref[name], abs=1e-6), name
         assert inst.parts.keys() == ref["parts"].keys()
@@ -500,3 +503,17 @@ def test_threads_share_one_field_of_view():
     with ThreadPoolExecutor(4) as pool:
         shared = list(pool.map(lambda m: find_instruments(m, task="parts", view=fresh), masks * 3))
     assert [[i.to_dict() for i in found] for found in shared] == alone * 3
+
+
+def test_a_tip_cut_by_the_view_border_is_flagged():
+    """A shaft crossing the view from border to border: its far end is the border, not a tip."""
+    h, w = 120, 200
+    crossing = np.zeros((h, w), np.uint8)
+    crossing[50:62, :] = SHAFT  # left edge to right edge
+    [inst] = find_instruments(crossing, task="parts")
+    assert inst.entry_on_border and not inst.tip_in_view
+    assert inst.tip[0] > w - 5  # the far end found is on the right edge
+    inside = np.zeros((h, w), np.uint8)
+    inside[50:62, :120] = SHAFT  # enters at the left, ends inside the view
+    [inst] = find_instruments(inside, task="parts")
+    assert inst.entry_on_border and inst.tip_in_view and inst.tip[0] == pytest.approx(118.5, abs=1)
