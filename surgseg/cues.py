@@ -66,6 +66,7 @@ class Instrument:
     parts: dict[str, tuple[float, float]] = field(default_factory=dict)
     confidence: float | None = None
     id: int | None = None
+    smoothed: dict[str, list[float]] | None = None  # set by a smoothing Tracker
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: coordinates and angle to 2 decimals, axis and confidence to 4."""
@@ -83,6 +84,7 @@ class Instrument:
             "tip_in_view": bool(self.tip_in_view),
             "parts": {name: _xy(p) for name, p in self.parts.items()},
             "confidence": None if self.confidence is None else round(float(self.confidence), 4),
+            **({} if self.smoothed is None else {"smoothed": self.smoothed}),
         }
 
 

@@ -37,6 +37,8 @@ class CueOptions:
     track_max_distance: float = _opt(80.0, "pixels; matching-cost gate between a track and an "
                                            "instrument")
     track_max_missed: int = _opt(10, "frames a track survives without a match")
+    smooth: bool = _opt(False, "add Kalman-smoothed entry, tip and axis per track beside the "
+                               "raw ones (\"smoothed\" in each instrument)")
     view: str = _opt("auto", "auto: the endoscope's view estimated from the first frame; "
                              "full: the whole frame")
 

@@ -41,7 +41,7 @@ from surgseg.sinks import (
     open_mask_writer,
 )
 from surgseg.tasks import palette
-from surgseg.tracking import Tracker
+from surgseg.tracking import Smoothing, Tracker
 
 
 @dataclass
@@ -175,7 +175,8 @@ class Track:
 
     def __init__(self, options: CueOptions):
         self.tracker = Tracker(max_distance=options.track_max_distance,
-                               max_missed=options.track_max_missed)  # fmt: skip
+                               max_missed=options.track_max_missed,
+                               smoothing=Smoothing() if options.smooth else None)  # fmt: skip
 
     def __call__(self, batch: Batch) -> Batch:
         batch.instruments = [[inst.to_dict() for inst in self.tracker.update(found)]

@@ -1,14 +1,19 @@
-"""Stable instrument ids across frames: Hungarian matching of entry points.
+"""Stable instrument ids across frames: Hungarian matching of entry points, and optional
+smoothing of each track's cues.
 
 Instruments pivot about their trocar, so where an instrument enters the view moves little
 from frame to frame; that is what the tracker matches on, with a smaller term for the tip.
+With ``smooth``, each track runs constant-velocity Kalman filters (``cv2.KalmanFilter``) on
+its entry, tip and axis; the smoothed values are added beside the raw ones, which stay as
+measured.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -18,6 +23,33 @@ if TYPE_CHECKING:
 _INFEASIBLE = 1e9  # cost of a pair beyond the gate, so the solver uses it only when forced
 
 
+def _constant_velocity(point: np.ndarray, *, q: float, r: float) -> cv2.KalmanFilter:
+    """A Kalman filter on (x, y, vx, vy), one frame per step, started at ``point`` at rest.
+    ``q``: the standard deviation of the unmodelled acceleration per frame; ``r``: that of a
+    measurement (both in the point's units)."""
+    kf = cv2.KalmanFilter(4, 2)
+    kf.transitionMatrix = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]],
+                                   np.float32)  # fmt: skip
+    kf.measurementMatrix = np.eye(2, 4, dtype=np.float32)
+    g = np.array([[0.5, 0], [0, 0.5], [1, 0], [0, 1]], np.float32)  # acceleration → state
+    kf.processNoiseCov = (g @ g.T * q * q).astype(np.float32)
+    kf.measurementNoiseCov = np.eye(2, dtype=np.float32) * r * r
+    kf.errorCovPost = np.diag([r * r, r * r, q * q * 100, q * q * 100]).astype(np.float32)
+    kf.statePost = np.array([[point[0]], [point[1]], [0], [0]], np.float32)
+    return kf
+
+
+@dataclass
+class Smoothing:
+    """Noise levels of the per-track Kalman filters: ``point_q``/``point_r`` (pixels) for the
+    entry and the tip, ``axis_q``/``axis_r`` (unit-vector components) for the axis."""
+
+    point_q: float = 0.5
+    point_r: float = 2.0
+    axis_q: float = 0.005
+    axis_r: float = 0.03
+
+
 @dataclass
 class _Track:
     id: int
@@ -25,6 +57,29 @@ class _Track:
     tip: np.ndarray
     label: int
     missed: int = 0
+    filters: dict[str, cv2.KalmanFilter] = field(default_factory=dict)
+
+    def smooth(self, inst: Instrument, smoothing: Smoothing) -> dict[str, list[float]]:
+        """Filter this frame's entry, tip and axis; the smoothed values, JSON-ready."""
+        measured = {"entry": inst.entry, "tip": inst.tip, "axis": inst.axis}
+        out = {}
+        for name, value in measured.items():
+            point = np.asarray(value, np.float32)
+            kf = self.filters.get(name)
+            if kf is None:
+                q, r = ((smoothing.axis_q, smoothing.axis_r) if name == "axis"
+                        else (smoothing.point_q, smoothing.point_r))  # fmt: skip
+                kf = self.filters[name] = _constant_velocity(point, q=q, r=r)
+                estimate = point
+            else:
+                kf.predict()
+                estimate = kf.correct(point.reshape(2, 1))[:2, 0]
+            if name == "axis":
+                estimate = estimate / max(float(np.hypot(*estimate)), 1e-9)
+                out[name] = [round(float(v), 4) for v in estimate]
+            else:
+                out[name] = [round(float(v), 2) for v in estimate]
+        return out
 
 
 class Tracker:
@@ -42,6 +97,8 @@ class Tracker:
         max_missed: frames a track survives without a match.
         tip_weight: weight of the tip distance relative to the entry distance.
         label_penalty: cost added when the labels differ (instrument types), pixels.
+        smoothing: noise levels of per-track Kalman filters on entry, tip and axis; each
+            instrument then gets ``.smoothed`` ({"entry", "tip", "axis"}); None: no filtering.
     """
 
     def __init__(
@@ -51,11 +108,13 @@ class Tracker:
         max_missed: int = 10,
         tip_weight: float = 0.25,
         label_penalty: float = 40.0,
+        smoothing: Smoothing | None = None,
     ):
         self.max_distance = max_distance
         self.max_missed = max_missed
         self.tip_weight = tip_weight
         self.label_penalty = label_penalty
+        self.smoothing = smoothing
         self._tracks: list[_Track] = []
         self._next_id = 0
 
@@ -95,5 +154,7 @@ class Tracker:
             track.label = inst.label
             track.missed = 0
             inst.id = track.id
+            if self.smoothing is not None:
+                inst.smoothed = track.smooth(inst, self.smoothing)
         self._tracks = [t for t in self._tracks if t.missed <= self.max_missed]
         return instruments
