@@ -1,5 +1,5 @@
 """Offline processing of recorded surgeries: video in; per-frame masks, pose cues, overlay
-and a run record out.
+and a run record out; for a whole archive, one table and a report beside them.
 
 Each input video gets its own folder::
 
@@ -8,37 +8,48 @@ Each input video gets its own folder::
         cues.jsonl                             one line per frame, flushed as it goes
         overlay.mp4                            optional: masks, axis and tip drawn on the frame
         run.json                               written last: its absence marks an unfinished run
+        failed.json                            instead of run.json: the video could not be read
+
+and the folder as a whole::
+
+    <output_dir>/cues.parquet/video=…/         the cues of every video, one table
+    <output_dir>/videos.parquet                one row per video
+    <output_dir>/index.html                    the report (assets in index_files/)
+
+A run skips the videos an earlier run finished, or failed on, with the same checkpoint and
+settings (``run_hash``), and redoes unfinished ones. Videos run here one after another
+(``process_inputs``) or on a Ray cluster (``surgseg.cluster``), through the same ``VideoJobs``.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
+import json
+import os
 import platform
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from surgseg import report, tables
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader
 from surgseg.errors import ConfigError, SurgsegError, VideoError
-from surgseg.options import CueOptions, OutputOptions, Workers
-from surgseg.predictor import Predictor
+from surgseg.options import CueOptions, OutputOptions, RayOptions, Workers
+from surgseg.predictor import Predictor, PredictorSpec
 from surgseg.progress import LineProgress, progress_bar
 from surgseg.stages import open_outputs, segmentation_pipeline
 
+if TYPE_CHECKING:
+    from surgseg.tables import VideoEntry
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
-
-
-@dataclass
-class InferSummary:
-    """Outcome of a run over several inputs."""
-
-    done: list[Path] = field(default_factory=list)  # output folders of finished videos
-    failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
 
 
 def _glob_root(pattern: str) -> Path:
@@ -64,8 +75,9 @@ def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
         if not found:
             raise VideoError("no video files in this folder", path)
     elif any(ch in str(spec) for ch in "*?["):
-        root = _glob_root(str(spec))
-        found = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+        spec = os.path.normpath(spec)  # no ".." left to lead a name out of the output folder
+        root = _glob_root(spec)
+        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         if not found:
             raise VideoError("no file matches this pattern", spec)
     else:  # a single file; a missing one fails when it is opened, with its name
@@ -97,7 +109,8 @@ def software_versions() -> dict[str, str]:
 
 def _clear_outputs(out_dir: Path) -> None:
     """Remove the marker and outputs of an earlier run in ``out_dir``."""
-    (out_dir / "run.json").unlink(missing_ok=True)
+    for name in ("run.json", "failed.json"):
+        (out_dir / name).unlink(missing_ok=True)
     for name in ("cues.jsonl", "masks.mkv", "overlay.mp4"):
         (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "masks", ignore_errors=True)
@@ -163,6 +176,7 @@ def process_video(
     }
     wall = (datetime.now(UTC) - started).total_seconds()
     run = {
+        "status": "done",
         "input": str(video),
         **(record or {}),
         "model": {
@@ -202,10 +216,206 @@ def process_video(
     return run
 
 
+# --- a batch of videos: what is left to do, one video at a time, the summary ------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input video and its folder (``name``, relative to the output folder)."""
+
+    video: Path
+    name: str
+    out_dir: Path
+
+
+@dataclass
+class JobResult:
+    """How one video ended: ``done`` (with its frame count) or ``failed`` (with the reason)."""
+
+    job: Job
+    status: str
+    frames: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class InferSummary:
+    """Outcome of a run over several inputs."""
+
+    done: list[Path] = field(default_factory=list)  # output folders of videos finished now
+    skipped: list[Path] = field(default_factory=list)  # finished by an earlier run, same hash
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
+    frames: int = 0  # frames processed in this run
+    wall_s: float = 0.0
+
+    def add(self, result: JobResult) -> None:
+        """Count one finished video."""
+        if result.status == "done":
+            self.done.append(result.job.out_dir)
+            self.frames += result.frames
+        else:
+            self.failed.append((result.job.video, result.reason or "failed"))
+
+    def lines(self) -> list[str]:
+        """The summary for people: counts, frames, time, and every failure with its reason."""
+        fps = f" ({self.frames / self.wall_s:.1f} fps)" if self.wall_s > 0 and self.frames else ""
+        lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (finished earlier with the "
+                 f"same checkpoint and settings), {len(self.failed)} failed; {self.frames} "
+                 f"frames in {self.wall_s:.1f} s{fps}"]  # fmt: skip
+        if self.failed:
+            lines += ["failed:", *(f"  {reason}" for _, reason in self.failed)]
+        return lines
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_hash(checkpoint: str | Path, settings: Mapping[str, Any]) -> str:
+    """What decides a video's outputs, as a short digest: the checkpoint's bytes and the
+    ``settings`` (task, input size, engine and precision, cue and output options). Paths,
+    batch size, worker counts and the cluster do not change the outputs and stay out."""
+    text = json.dumps({"checkpoint_sha256": file_digest(checkpoint), **settings},
+                      sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def input_stat(video: Path) -> dict[str, int] | None:
+    """Size and modification time of an input, to notice that it changed; None if missing."""
+    try:
+        st = video.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A run.json or failed.json, or None if it is missing or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def earlier_outcome(job: Job, run_hash: str) -> dict[str, Any] | None:
+    """The record of an earlier run that finished ``job``, or failed on its unchanged input,
+    with the same ``run_hash``; None when the video is to be (re)done."""
+    done = read_record(job.out_dir / "run.json")
+    if done and done.get("status") == "done" and done.get("run_hash") == run_hash:
+        return done
+    failed = read_record(job.out_dir / "failed.json")
+    if (failed and failed.get("run_hash") == run_hash
+            and failed.get("input_stat") == input_stat(job.video)):  # fmt: skip
+        return failed
+    return None
+
+
+def plan_jobs(
+    inputs: str | Path, output_dir: Path, *, run_hash: str, resume: bool = True
+) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
+    """(videos to process, videos an earlier run ended with their record). ``resume`` False:
+    every video is processed again."""
+    todo, earlier = [], []
+    for video, name in find_inputs(inputs):
+        job = Job(video, name, Path(output_dir) / name)
+        record = earlier_outcome(job, run_hash) if resume else None
+        if record is None:
+            todo.append(job)
+        else:
+            earlier.append((job, record))
+    return todo, earlier
+
+
+def clear_leftovers(folder: Path) -> None:
+    """Remove the temporary files (``.<name>.partial-<pid>.<ext>``) a killed process left in
+    a video's folder; the caller holds the folder."""
+    for leftover in [*folder.glob(".*.partial-*"), *folder.glob("masks/.*.partial-*")]:
+        leftover.unlink(missing_ok=True)
+
+
+def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
+    """Write ``failed.json`` for a video that cannot be processed; later runs with the same
+    ``run_hash`` skip it while the input file stays the same."""
+    record = {"status": "failed", "input": str(job.video), "reason": reason,
+              "run_hash": run_hash, "input_stat": input_stat(job.video),
+              "finished": datetime.now(UTC).isoformat()}  # fmt: skip
+    write_json(job.out_dir / "failed.json", record)
+    return JobResult(job, "failed", reason=reason)
+
+
+class VideoJobs:
+    """Processes videos one at a time with one predictor: clears what a killed process left
+    in the video's folder, runs ``process_video``, adds the video's part of the cue table, and
+    records a video that cannot be read in ``failed.json``."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        output_dir: Path,
+        outputs: OutputOptions,
+        cues: CueOptions,
+        batch_size: int = 4,
+        workers: Workers | None = None,
+        record: dict[str, Any] | None = None,
+        run_hash: str | None = None,
+        progress: bool = False,
+        worker: dict[str, Any] | None = None,
+    ):
+        self.predictor, self.output_dir = predictor, Path(output_dir)
+        self.outputs, self.cues, self.batch_size, self.workers = outputs, cues, batch_size, workers
+        self.record, self.run_hash, self.progress = record or {}, run_hash, progress
+        self.worker = {"host": platform.node(), "pid": os.getpid(), **(worker or {})}
+
+    def __call__(self, job: Job) -> JobResult:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        clear_leftovers(job.out_dir)
+        tables.drop_cue_partition(self.output_dir, job.name)
+        extra = {**self.record, "run_hash": self.run_hash, "input_stat": input_stat(job.video),
+                 "worker": self.worker}  # fmt: skip
+        try:
+            run = process_video(job.video, predictor=self.predictor, out_dir=job.out_dir,
+                                outputs=self.outputs, cues=self.cues,
+                                batch_size=self.batch_size, workers=self.workers,
+                                progress=self.progress, record=extra)  # fmt: skip
+        except SurgsegError as exc:
+            return record_failure(job, str(exc), run_hash=self.run_hash)
+        tables.write_cue_partition(job.out_dir, name=job.name, output_dir=self.output_dir)
+        return JobResult(job, "done", frames=run["frames"]["processed"])
+
+
+def update_archive(output_dir: Path) -> list[VideoEntry]:
+    """Bring the folder's cue table, video table and report up to date with its video folders
+    (also those of earlier runs); return the videos found."""
+    entries = tables.find_videos(output_dir)
+    done = {e.name: e for e in entries if e.status == "done"}
+    for name, path in tables.cue_partitions(output_dir).items():
+        outdated = name in done and path.stat().st_mtime_ns < _mtime(done[name].folder)
+        if name not in done or outdated:
+            tables.drop_cue_partition(output_dir, name)
+    present = tables.cue_partitions(output_dir)
+    for name, entry in done.items():
+        if name not in present:
+            tables.write_cue_partition(entry.folder, name=name, output_dir=output_dir)
+    tables.write_videos_table(output_dir, entries)
+    report.write_report(output_dir, entries)
+    return entries
+
+
+def _mtime(folder: Path) -> int:
+    return (folder / "run.json").stat().st_mtime_ns
+
+
 def process_inputs(
     inputs: str | Path,
     *,
-    predictor: Predictor,
+    predictor: PredictorSpec,
     output_dir: Path,
     outputs: OutputOptions,
     cues: CueOptions,
@@ -213,29 +423,47 @@ def process_inputs(
     workers: Workers | None = None,
     progress: bool = True,
     record: dict[str, Any] | None = None,
+    run_hash: str | None = None,
+    resume: bool = True,
+    ray: RayOptions | None = None,
 ) -> InferSummary:
-    """Process every video named by ``inputs``; a failing video does not stop the others."""
+    """Process every video named by ``inputs`` into ``output_dir``, here one after another or
+    on a Ray cluster (``ray``); skip those an earlier run ended with the same ``run_hash``
+    (unless ``resume`` is False); a failing video does not stop the others. Then update the
+    folder's tables and report."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    todo, earlier = plan_jobs(inputs, output_dir, run_hash=run_hash or "", resume=resume)
     summary = InferSummary()
-    for video, name in find_inputs(inputs):
-        out_dir = Path(output_dir) / name
-        try:
-            process_video(
-                video,
-                predictor=predictor,
-                out_dir=out_dir,
-                outputs=outputs,
-                cues=cues,
-                batch_size=batch_size,
-                workers=workers,
-                progress=progress,
-                record=record,
-            )
-        except SurgsegError as exc:
-            summary.failed.append((video, str(exc)))
-            if progress:
-                LineProgress.write(f"failed: {exc}")
+    for job, rec in earlier:
+        if rec.get("status") == "done":
+            summary.skipped.append(job.out_dir)
         else:
-            summary.done.append(out_dir)
-            if progress:
-                LineProgress.write(f"done: {video} -> {out_dir}")
+            summary.failed.append((job.video, f"{rec.get('reason')} (an earlier run; resume=false "
+                                              "retries it)"))  # fmt: skip
+
+    def finished(result: JobResult) -> None:
+        summary.add(result)
+        if progress:
+            what = f"done: {result.job.video} -> {result.job.out_dir}"
+            LineProgress.write(what if result.status == "done" else f"failed: {result.reason}")
+
+    options = dict(output_dir=output_dir, outputs=outputs, cues=cues, batch_size=batch_size,
+                   workers=workers, record=record, run_hash=run_hash)  # fmt: skip
+    if todo and ray is not None:
+        from surgseg.cluster import process_on_ray
+
+        process_on_ray(todo, predictor=predictor, jobs_options=options, options=ray,
+                       progress=progress, on_result=finished)  # fmt: skip
+    elif todo:
+        run_jobs(todo, VideoJobs(predictor.build(), progress=progress, **options), finished)
+    update_archive(output_dir)
+    summary.wall_s = time.perf_counter() - started
     return summary
+
+
+def run_jobs(jobs: list[Job], runner: VideoJobs,
+             on_result: Callable[[JobResult], None]) -> None:  # fmt: skip
+    """Run ``jobs`` one after another in this process."""
+    for job in jobs:
+        on_result(runner(job))

@@ -97,3 +97,30 @@ class Workers:
     def __post_init__(self) -> None:
         self.locate = resolve_workers(self.locate, key="workers.locate")
         self.render = resolve_workers(self.render, key="workers.render")
+
+
+CLUSTERS = ("local", "ray")
+
+
+@dataclass
+class RayOptions:
+    """Processing on a Ray cluster (``cluster=ray``): one worker per GPU, or per
+    ``cpus_per_worker`` CPUs, each holding one model; the videos go to whichever worker is
+    free, longest first."""
+
+    address: str | None = _opt(None, "null: start Ray on this machine for the run; auto: join "
+                                     "the cluster `ray start` runs here; ray://HOST:10001: a "
+                                     "remote cluster through Ray Client")
+    workers: int | str = _opt("auto", "model workers; auto: one per GPU with device=cuda, else "
+                                      "one per cpus_per_worker CPUs of the cluster")
+    cpus_per_worker: int = _opt(1, "CPUs each worker reserves (its torch threads)")
+    max_retries: int = _opt(2, "times a video is retried after its worker process died; then it "
+                               "is recorded as failed")
+
+    def __post_init__(self) -> None:
+        if self.workers != "auto":
+            self.workers = resolve_workers(self.workers, key="ray.workers")
+        for key, minimum in (("cpus_per_worker", 1), ("max_retries", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"ray.{key} must be an integer ≥ {minimum}, got {value!r}")

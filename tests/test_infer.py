@@ -223,3 +223,8 @@ def test_folder_names_do_not_depend_on_the_rest_of_the_batch(tmp_path):
         (p, n) for p, n in by_folder.items() if n.endswith(".mp4"))
     assert find_inputs(f"{tmp_path}/sub/*.mp4") == [(tmp_path / "sub/b.mp4", "b.mp4")]
     assert find_inputs(tmp_path / "sub" / "b.mp4") == [(tmp_path / "sub/b.mp4", "b.mp4")]
+    # ".." after a wildcard never leads a name out of the output folder
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/d.mp4").write_bytes(b"x")
+    names = [n for _, n in find_inputs(f"{tmp_path}/sub/*/../../other/*.mp4")]
+    assert names == ["d.mp4"]

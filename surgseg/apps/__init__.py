@@ -29,11 +29,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from surgseg.errors import ConfigError, SurgsegError
-from surgseg.options import CueOptions, OutputOptions, Workers
+from surgseg.options import CueOptions, OutputOptions, RayOptions, Workers
 
 T = TypeVar("T")
 
-OPTION_GROUPS: dict[str, type] = {"cues": CueOptions, "outputs": OutputOptions, "workers": Workers}
+OPTION_GROUPS: dict[str, type] = {"cues": CueOptions, "outputs": OutputOptions, "workers": Workers,
+                                  "ray": RayOptions}  # fmt: skip
 HYDRA_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--hydra-help",
                "--shell-completion", "-sc", "--version", "--resolve")  # fmt: skip
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,47 +21,61 @@ from surgseg.apps import (
     dataclass_from,
     launch,
 )
-from surgseg.options import CueOptions, OutputOptions, Workers
+from surgseg.errors import ConfigError
+from surgseg.options import CLUSTERS, CueOptions, OutputOptions, RayOptions, Workers
 
 if TYPE_CHECKING:
     from surgseg.infer import InferSummary
-    from surgseg.predictor import Predictor
+    from surgseg.predictor import Predictor, PredictorSpec
+
+
+NOT_IN_HASH = ("cache_dir", "threads", "workspace_gb")  # engine keys that leave outputs alone
+
+
+def predictor_spec(cfg: DictConfig, *, task: str | None, check: bool = True) -> PredictorSpec:
+    """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``; with a
+    ``task``, the checkpoint must have been trained for it. ``check``: the device must be on
+    this machine (a cluster's workers have their own)."""
+    from surgseg.predictor import PredictorSpec
+
+    engine = OmegaConf.to_container(cfg.engine, resolve=True)
+    return PredictorSpec(Path(cfg.checkpoint), engine=engine.pop("name"),
+                         device=check_device(cfg) if check else str(cfg.device), task=task,
+                         input_size=check_input_size(cfg), engine_options=engine)  # fmt: skip
 
 
 def build_predictor(cfg: DictConfig, *, task: str | None) -> Predictor:
-    """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``; with a
-    ``task``, the checkpoint must have been trained for it."""
-    from surgseg.predictor import Predictor
-
-    engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    return Predictor.from_checkpoint(
-        cfg.checkpoint,
-        engine=engine.pop("name"),
-        device=check_device(cfg),
-        task=task,
-        input_size=check_input_size(cfg),
-        **engine,
-    )
+    """The predictor of ``predictor_spec``, loaded."""
+    return predictor_spec(cfg, task=task).build()
 
 
 def run(cfg: DictConfig) -> InferSummary:
     """Process ``cfg.input`` into ``cfg.output_dir``."""
-    from surgseg.infer import process_inputs
+    from surgseg.checkpoint import load_checkpoint
+    from surgseg.infer import process_inputs, run_hash
 
     outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
     workers = dataclass_from(Workers, cfg.workers, "workers")
     batch_size = check_int(cfg, "batch_size", minimum=1)
-    progress = check_bool(cfg, "progress")
-    predictor = build_predictor(cfg, task=cfg.task)
+    progress, resume = check_bool(cfg, "progress"), check_bool(cfg, "resume")
+    if cfg.cluster not in CLUSTERS:
+        raise ConfigError(f"cluster must be one of {CLUSTERS}, got {cfg.cluster!r}")
+    ray = dataclass_from(RayOptions, cfg.ray, "ray") if cfg.cluster == "ray" else None
+    spec = predictor_spec(cfg, task=cfg.task, check=ray is None)
+    _, meta = load_checkpoint(spec.checkpoint, task=spec.task)  # a bad checkpoint: one line now
     output_dir = claim_output_dir(cfg.output_dir)
+    engine = {k: v for k, v in spec.engine_options.items() if k not in NOT_IN_HASH}
+    settings = {"task": meta.task, "input_size": list(spec.input_size or meta.input_size),
+                "engine": {"name": spec.engine, **engine},
+                "cues": asdict(cues), "outputs": asdict(outputs)}  # fmt: skip
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     return process_inputs(
         cfg.input,
-        predictor=predictor,
+        predictor=spec,
         output_dir=output_dir,
         outputs=outputs,
         cues=cues,
@@ -68,6 +83,9 @@ def run(cfg: DictConfig) -> InferSummary:
         workers=workers,
         progress=progress,
         record=record,
+        run_hash=run_hash(spec.checkpoint, settings),
+        resume=resume,
+        ray=ray,
     )
 
 
@@ -75,11 +93,11 @@ def run(cfg: DictConfig) -> InferSummary:
 @cli_errors("surgseg-infer")
 def main(cfg: DictConfig) -> None:
     summary = run(cfg)
-    print(f"surgseg-infer: {len(summary.done)} video(s) done in {cfg.output_dir}")
-    if summary.failed:
-        print(f"surgseg-infer: {len(summary.failed)} video(s) failed:", file=sys.stderr)
-        for _, reason in summary.failed:
-            print(f"  {reason}", file=sys.stderr)
+    first, *failures = summary.lines()
+    print(f"surgseg-infer: {first}; outputs in {cfg.output_dir} (index.html, videos.parquet, "
+          "cues.parquet)")  # fmt: skip
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,0 +1,149 @@
+"""A folder of recordings processed, interrupted and processed again: what is skipped, what is
+redone, what a killed process leaves, and the summary."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _video_utils import write_text, write_video
+from hydra import compose, initialize_config_dir
+
+from surgseg.apps import CONF_DIR
+from surgseg.apps.infer import run
+from surgseg.synthetic import write_clip
+
+
+def _cfg(**values):
+    overrides = [f"{k}={v}" for k, v in values.items()]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("infer", overrides=[*overrides, "progress=false"])
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    """Two short recordings, one in a sub-folder, and a file that is not a video."""
+    root = tmp_path / "archive"
+    write_video(root / "day1" / "a", fmt="h264-mp4", frames=4)
+    write_video(root / "b", fmt="mjpeg-avi", frames=3)
+    (root / "day2").mkdir()
+    write_text(root / "day2" / "broken.mp4")
+    return root
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {p.parent.relative_to(out).as_posix(): p.stat().st_mtime_ns
+            for p in [*out.rglob("run.json"), *out.rglob("failed.json")]}  # fmt: skip
+
+
+def test_a_second_run_skips_what_the_first_finished_or_failed_on(archive, make_checkpoint,
+                                                                  tmp_path):  # fmt: skip
+    out, ckpt = tmp_path / "out", make_checkpoint("parts")
+    first = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out))
+    assert first.done == [out / "b.avi", out / "day1/a.mp4"] and first.frames == 7
+    assert [v for v, _ in first.failed] == [archive / "day2/broken.mp4"]
+    failed = json.loads((out / "day2/broken.mp4/failed.json").read_text())
+    assert failed["status"] == "failed" and str(archive / "day2/broken.mp4") in failed["reason"]
+    assert not (out / "day2/broken.mp4/run.json").exists()
+    records = {n: json.loads((out / n / "run.json").read_text()) for n in ("b.avi", "day1/a.mp4")}
+    assert {r["status"] for r in records.values()} == {"done"}
+    assert len({r["run_hash"] for r in records.values()} | {failed["run_hash"]}) == 1
+    before = _mtimes(out)
+
+    again = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out))
+    assert again.done == [] and again.frames == 0
+    assert again.skipped == [out / "b.avi", out / "day1/a.mp4"]
+    assert [v for v, _ in again.failed] == [archive / "day2/broken.mp4"]
+    assert "an earlier run" in again.failed[0][1]
+    assert _mtimes(out) == before  # nothing was touched
+
+    # Other settings, another checkpoint, or resume=false: every video again.
+    other = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out, **{"cues.min_area": 60}))
+    assert len(other.done) == 2 and other.skipped == [] and len(other.failed) == 1
+    retrained = run(_cfg(input=archive, checkpoint=make_checkpoint("parts", name="v2.pt"),
+                         output_dir=out, **{"cues.min_area": 60}))  # fmt: skip
+    assert len(retrained.done) == 2
+    forced = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out, resume="false"))
+    assert len(forced.done) == 2 and forced.skipped == []
+
+
+def test_unfinished_and_changed_videos_are_redone_and_leftovers_cleared(archive,
+                                                                        make_checkpoint,
+                                                                        tmp_path):  # fmt: skip
+    out, ckpt = tmp_path / "out", make_checkpoint()
+    run(_cfg(input=archive, checkpoint=ckpt, output_dir=out))
+    # As a killed process leaves it: no run.json, a temporary overlay, a temporary mask.
+    (out / "b.avi/run.json").unlink()
+    leftovers = [out / "b.avi/.overlay.partial-999999.mp4",
+                 out / "b.avi/masks/.000002.partial-999999.png"]  # fmt: skip
+    for path in leftovers:
+        path.write_bytes(b"half")
+    # The broken file is replaced by a real video: it is tried again.
+    broken = archive / "day2/broken.mp4"
+    broken.unlink()
+    write_video(archive / "day2/broken", fmt="h264-mp4", frames=2)
+
+    summary = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out))
+    assert summary.done == [out / "b.avi", out / "day2/broken.mp4"]
+    assert summary.skipped == [out / "day1/a.mp4"] and summary.failed == []
+    assert not any(p.exists() for p in leftovers)
+    assert not (out / "day2/broken.mp4/failed.json").exists()
+    assert sorted(p.name for p in (out / "b.avi/masks").iterdir()) == [
+        "000000.png", "000001.png", "000002.png"]  # fmt: skip
+
+
+def test_summary_lines_name_counts_and_every_failure(archive, make_checkpoint, tmp_path):
+    summary = run(_cfg(input=archive, checkpoint=make_checkpoint(), output_dir=tmp_path / "o"))
+    first, header, reason = summary.lines()
+    assert first.startswith("2 done, 0 skipped") and "1 failed; 7 frames in" in first
+    assert "fps" in first and header == "failed:"
+    assert reason.startswith(f"  {archive / 'day2/broken.mp4'}: ")
+
+
+def test_a_killed_run_leaves_nothing_finished_looking_and_the_rerun_cleans(make_checkpoint,
+                                                                           tmp_path):  # fmt: skip
+    clip = write_clip(tmp_path / "in" / "long", num_frames=60, width=320, height=256, seed=5)
+    out, ckpt = tmp_path / "out", make_checkpoint()
+    command = [sys.executable, "-m", "surgseg.apps.infer", f"input={tmp_path / 'in'}",
+               f"checkpoint={ckpt}", f"output_dir={out}", "progress=false", "batch_size=1"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cues = out / "long/video.mp4/cues.jsonl"
+    deadline = time.monotonic() + 120
+    while not (cues.exists() and cues.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    folder = out / "long/video.mp4"
+    assert list(folder.glob(".overlay.partial-*.mp4")) and not (folder / "run.json").exists()
+
+    summary = run(_cfg(input=clip.parent, checkpoint=ckpt, output_dir=out))
+    assert summary.done == [folder] and summary.frames == 60
+    assert not list(out.rglob(".*partial*"))
+    assert len((folder / "cues.jsonl").read_text().splitlines()) == 60
+
+
+def test_the_folder_gets_tables_and_a_report(archive, make_checkpoint, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "out"
+    run(_cfg(input=archive, checkpoint=make_checkpoint("parts"), output_dir=out))
+    videos = pd.read_parquet(out / "videos.parquet").set_index("video")
+    assert sorted(videos.index) == ["b.avi", "day1/a.mp4", "day2/broken.mp4"]
+    assert videos.loc["day2/broken.mp4", "status"] == "failed"
+    assert videos.loc["day1/a.mp4", "frames"] == 4
+    cues = pd.read_parquet(out / "cues.parquet")
+    assert set(cues["video"].astype(str)) <= {"b.avi", "day1/a.mp4"}
+    assert (out / "index.html").is_file()
+    # A recording taken out of the archive, and its folder deleted, leaves the tables.
+    (archive / "b.avi").unlink()
+    shutil.rmtree(out / "b.avi")
+    run(_cfg(input=archive, checkpoint=make_checkpoint("parts"), output_dir=out))
+    assert "b.avi" not in set(pd.read_parquet(out / "videos.parquet")["video"])
+    assert "b.avi" not in set(pd.read_parquet(out / "cues.parquet")["video"].astype(str))
