@@ -4,10 +4,12 @@
     PYTHONPATH=. python scripts/bench_pipeline.py --out /tmp/surgseg-accept --only gpu_rate
 
 1. Offline: end to end against the resource bound (``surgseg.bench`` on a synthetic 640×512
-   clip, ResNet-18 FCN with random weights at 128×160, batch 4, the model on the CPU).
+   clip, ResNet-18 FCN with random weights at 128×160, batch 4, the model on the CPU), the
+   median of ``--repeats`` runs.
    GPU rate: the same at 1920×1080 with a stand-in for the model's side at ``--standin-fps``
-   (default 500), batch 8, with 1 and with 2 workers per stateless stage; the locate and
-   render stages alone with 2 workers against 1.
+   (default 500), batch 8, with 1 and with 2 workers per stateless stage (2: the locate
+   stage's worker processes, the render stage's threads), medians of ``--repeats`` runs; the
+   locate and render stages alone with 2 workers against 1.
 2. Decode: ``VideoReader`` to RGB arrays against ``ffmpeg -i X -pix_fmt rgb24 -f null -`` on
    the same 1080p H.264 file (best of 5 each, alternating).
 3. Memory: RSS at frame 1,000 and at frame 10,000 of a 320×256 video through the offline
@@ -78,7 +80,8 @@ def ffmpeg_lavfi(path: Path, *, size: str, frames: int, fps: int = 30) -> Path:
 
 
 def offline_vs_slowest(out: Path, *, torch_threads: int | None, repeats: int) -> dict:
-    """Best of ``repeats`` for each stage alone and for end to end (contention only slows)."""
+    """``repeats`` runs of ``surgseg.bench``: the medians of each stage alone and of end to
+    end (``summarize``)."""
     clip = out / "clip_640x512"
     if not (clip / "clip.json").is_file():
         write_clip(clip, num_frames=160, width=640, height=512, fps=25, seed=0)
@@ -259,7 +262,9 @@ def main() -> None:
                         default=["offline", "gpu_rate", "decode", "rss", "stream"])  # fmt: skip
     parser.add_argument("--standin-fps", type=float, default=500.0)
     parser.add_argument("--long-frames", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=3, help="offline runs; best of each")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each offline and gpu_rate measurement; their medians "
+                             "are reported (and every run)")  # fmt: skip
     parser.add_argument(
         "--sleep-ms",
         type=float,

@@ -7,13 +7,14 @@
   frames decoded beforehand, and ``engine``, the network alone on one preprocessed batch;
   locate, track, render and write on the predictions made there. For each: wall ms per
   frame, CPU time of the whole process per frame (core-ms; every thread counted, those of
-  FFmpeg, OpenCV and torch too) and cores busy;
+  FFmpeg, OpenCV and torch too, and the cue worker processes') and cores busy;
 * the offline pipeline end to end, with the latency of each batch from leaving the decoder
   to being written, against a bound: the slower of the device (its throughput alone) and the
   CPU (cores × 1000 / the core-ms per frame of every stage together);
 * process and system CPU use, GPU use (NVML, when ``pynvml`` is importable), peak RSS and
   peak GPU memory of each measurement;
-* the model's FLOPs per frame (``FlopCounterMode``) against the device's measured matmul rate.
+* the model's FLOPs per frame (``FlopCounterMode``) against the device's measured matmul rate;
+* the machine: CPU model, GPU name, load average before the run, software versions.
 
 ``StandInPredictor`` replaces the model's side by precomputed results delivered at a chosen
 rate, so the pipeline can be measured at GPU speed on a machine without a GPU.
@@ -25,6 +26,8 @@ rate, so the pipeline can be measured at GPU speed on a machine without a GPU.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
 import threading
 import time
@@ -41,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from surgseg.atomic import atomic_path
 from surgseg.checkpoint import CheckpointMeta
+from surgseg.cue_workers import worker_cpu_s
 from surgseg.decode import Frame, VideoReader
 from surgseg.engines import create_engine
 from surgseg.live import percentiles_ms
@@ -180,6 +184,11 @@ def clip_predictions(folder: str | Path, task: str) -> list[Prediction]:
     return [Prediction(m, confidence) for m in labels]
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process (every thread) and of its cue worker processes."""
+    return time.process_time() + worker_cpu_s()
+
+
 class _Monitor:
     """Samples RSS and GPU use in a thread; CPU use from process and system CPU times."""
 
@@ -223,8 +232,9 @@ class _Monitor:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         sampler = threading.Thread(target=self._sample, daemon=True)
-        # process CPU time from the kernel's per-process clock (ns), not psutil's 10 ms ticks
-        cpu0, sys0, wall0 = time.process_time(), psutil.cpu_times(), time.perf_counter()
+        # process CPU time from the kernel's per-process clock (ns), not psutil's 10 ms ticks,
+        # plus what the cue worker processes spent for this process
+        cpu0, sys0, wall0 = _cpu_s(), psutil.cpu_times(), time.perf_counter()
         sampler.start()
         try:
             yield
@@ -232,7 +242,7 @@ class _Monitor:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             wall = time.perf_counter() - wall0
-            cpu1, sys1 = time.process_time(), psutil.cpu_times()
+            cpu1, sys1 = _cpu_s(), psutil.cpu_times()
             self._stop.set()
             sampler.join()
             busy = cpu1 - cpu0
@@ -355,6 +365,7 @@ def bench(
 
     Returns a JSON-ready dict (see docs/streaming.md).
     """
+    load_before = [round(v, 2) for v in os.getloadavg()]  # ours included: nothing started yet
     video, out_dir = Path(video), Path(out_dir)
     outputs = outputs or OutputOptions()
     cues = cues or CueOptions()
@@ -434,14 +445,44 @@ def bench(
         "workers": {"locate": workers.locate, "render": workers.render},
         "cpu_cores": psutil.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "machine": machine(device, load_before=load_before),
         "stages_alone": alone,
         "end_to_end": end_to_end,
         "bound": pipeline_bound(alone, cores=psutil.cpu_count() or 1),
     }
     result["end_to_end_vs_bound"] = round(end_to_end["fps"] / result["bound"]["fps"], 3)
+    result["end_to_end_vs_model"] = round(end_to_end["fps"] / alone["engine"]["fps"], 3)
     if flops and not isinstance(predictor, StandInPredictor):
         result["compute"] = compute_floor(predictor, alone["engine"]["ms_per_frame"])
     return result
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``model name`` in /proc/cpuinfo; elsewhere ``platform``'s)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine(device: torch.device, *, load_before: list[float]) -> dict[str, Any]:
+    """What a figure was measured on: CPU model and cores, GPU, the load average before the
+    run (1, 5, 15 minutes), the software's versions."""
+    from surgseg.infer import software_versions
+
+    software = software_versions()
+    gpu = None
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        software.update(cuda=torch.version.cuda,
+                        cudnn=str(torch.backends.cudnn.version()))  # fmt: skip
+    return {"cpu": cpu_model(), "cpu_cores": psutil.cpu_count(), "gpu": gpu,
+            "load_avg_before": load_before, "software": software}  # fmt: skip
 
 
 def pipeline_bound(alone: dict[str, Any], *, cores: int) -> dict[str, Any]:
@@ -483,79 +524,138 @@ def collect(root: str | Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _cell(value: Any) -> str:
-    return "–" if value is None else str(value)
+    return "–" if value is None else str(value).replace("|", "\\|")
 
 
-def write_report(root: str | Path) -> tuple[Path, Path] | None:
-    """(Re)build ``root/bench.md`` and ``root/bench.png`` from every bench.json under ``root``.
-    Returns their paths, or None when there is no bench.json."""
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """``bench.md``: the rates of every run, each stage's per-frame cost, and the machine, each
+    table followed by a paragraph on how to read it (blank lines between blocks, or Markdown
+    reads a paragraph right after a table as one more row)."""
+    rates = ["run", "engine", "device", "batch", "input", "workers",
+             *(f"{s} fps" for s in STAGES), "engine-only fps", "e2e fps", "bound fps",
+             "e2e/bound", "e2e/model", "e2e p50/p99 ms", "peak RSS MB", "peak GPU MB",
+             "GPU %", "% of roof"]  # fmt: skip
+    costs = ["run", *(f"{s} ms (core-ms)" for s in STAGES), "Σ core-ms"]
+    hosts = ["run", "CPU", "cores", "GPU", "load before (1/5/15 min)", "torch", "opencv",
+             "av (libavcodec)"]  # fmt: skip
+    rate_rows, cost_rows, host_rows = [], [], []
+    for label, r in runs:
+        e2e, model, alone, bound = r["end_to_end"], r["model"], r["stages_alone"], r["bound"]
+        lat = e2e["latency_ms"]
+        rate_rows.append([label, model["engine"], model["device"], r["batch_size"],
+                          "×".join(map(str, model["input_size"])),
+                          f"{r['workers']['locate']}/{r['workers']['render']}",
+                          *(alone[s]["fps"] for s in STAGES), alone["engine"]["fps"],
+                          e2e["fps"], f"{bound['fps']} ({bound['limited_by']})",
+                          r["end_to_end_vs_bound"], r.get("end_to_end_vs_model"),
+                          f"{lat['p50']}/{lat['p99']}", e2e["peak_rss_mb"],
+                          e2e["peak_gpu_mem_mb"], e2e["gpu_util_percent"],
+                          r.get("compute", {}).get("percent_of_roof")])  # fmt: skip
+        cost_rows.append([label, *(f"{alone[s]['ms_per_frame']} ({alone[s]['core_ms_per_frame']})"
+                                   for s in STAGES), bound["core_ms_per_frame"]])  # fmt: skip
+        host = r.get("machine", {})
+        software = host.get("software", {})
+        load = host.get("load_avg_before")
+        host_rows.append([label, host.get("cpu"), host.get("cpu_cores", r.get("cpu_cores")),
+                          host.get("gpu"), None if load is None else "/".join(map(str, load)),
+                          software.get("torch"), software.get("opencv"),
+                          None if "av" not in software
+                          else f"{software['av']} ({software.get('ffmpeg')})"])  # fmt: skip
+    blocks = [
+        "# surgseg-bench",
+        _table(rates, rate_rows),
+        "Stage fps: each stage alone, with its workers (decode: PyAV to RGB; device: upload, "
+        "segment and download overlapped; engine-only: the network alone, back to back). "
+        "Bound: the lower of the device's fps alone and cores × 1000 / Σ core-ms, the CPU "
+        "time per frame of all stages together; e2e/bound near 1 means no stage and no lock "
+        "holds the pipeline below what its resources allow; e2e/model is end to end over the "
+        "engine-only rate. % of roof: the model's FLOP/s over the measured matmul FLOP/s of "
+        "the device (fp32 on CPUs; a rough roof).",
+        _table(costs, cost_rows),
+        "Per-frame cost of each stage alone: wall ms per frame and, in brackets, CPU ms per "
+        "frame of the whole process and of its cue worker processes (core-ms: every thread "
+        "counted, FFmpeg's and OpenCV's too).",
+        _table(hosts, host_rows),
+        "The machine of each run: wall-clock rates only compare between runs made on the same "
+        "machine while it was otherwise idle (the load average is taken before the run, with "
+        "nothing of it started yet).",
+    ]
+    return "\n\n".join(blocks) + "\n"
+
+
+CHART_SERIES = (*STAGES, "engine only", "end to end", "bound")
+
+
+def _series(result: dict[str, Any], name: str) -> float:
+    if name == "end to end":
+        value = result["end_to_end"]["fps"]
+    elif name == "bound":
+        value = result["bound"]["fps"]
+    else:
+        value = result["stages_alone"]["engine" if name == "engine only" else name]["fps"]
+    return float(value or 0.0)
+
+
+def report_chart(runs: Sequence[tuple[str, dict[str, Any]]], *, headroom: float = 1.2) -> Any:
+    """``bench.png``'s figure: per run, each stage alone, the engine alone, end to end and the
+    bound, in frames per second, the value on each bar.
+
+    The axis ends at ``headroom`` × the largest end-to-end or bound rate, so that a very fast
+    stage (decode on a small clip, the engine on a GPU) does not squeeze the bars that
+    matter: a longer bar is cut at the axis's end, hatched, and labelled with its value and
+    "▸".
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    values = {name: [_series(r, name) for _, r in runs] for name in CHART_SERIES}
+    reference = max([*values["end to end"], *values["bound"]], default=0.0)
+    limit = headroom * (reference or max(max(v, default=0.0) for v in values.values()) or 1.0)
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.3 * len(CHART_SERIES) * len(runs)))
+    height = 0.8 / len(CHART_SERIES)
+    for i, name in enumerate(CHART_SERIES):
+        y = np.arange(len(runs)) + i * height
+        shown = [min(v, limit) for v in values[name]]
+        clipped = [v > limit for v in values[name]]
+        bars = ax.barh(y, shown, height, label=name)
+        for bar, cut in zip(bars, clipped, strict=True):
+            if cut:
+                bar.set_hatch("//")
+        labels = [f"{v:.1f} ▸" if cut else f"{v:.1f}"
+                  for v, cut in zip(values[name], clipped, strict=True)]  # fmt: skip
+        ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
+    ax.set_xlim(0, limit * 1.12)  # room for the labels of the longest bars
+    ax.set_yticks(np.arange(len(runs)) + 0.4 - height / 2, [label for label, _ in runs],
+                  fontsize=8)  # fmt: skip
+    ax.invert_yaxis()
+    ax.set_xlabel(f"frames per second (axis cut at {headroom:g} × the largest end-to-end or "
+                  "bound rate; ▸: longer bars, their value)")  # fmt: skip
+    ax.set_title("surgseg-bench: each stage alone, end to end, and the resource bound")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def write_report(root: str | Path) -> tuple[Path, Path] | None:
+    """(Re)build ``root/bench.md`` and ``root/bench.png`` from every bench.json under ``root``.
+    Returns their paths, or None when there is no bench.json."""
     root = Path(root)
     runs = collect(root)
     if not runs:
         return None
-    rates = ["run", "engine", "device", "batch", "input", "workers",
-             *(f"{s} fps" for s in STAGES), "engine-only fps", "e2e fps", "bound fps",
-             "e2e/bound", "e2e p50/p99 ms", "peak RSS MB", "peak GPU MB", "GPU %",
-             "% of roof"]  # fmt: skip
-    costs = ["run", *(f"{s} ms (core-ms)" for s in STAGES), "Σ core-ms"]
-    table1 = ["| " + " | ".join(rates) + " |", "|" + "---|" * len(rates)]
-    table2 = ["| " + " | ".join(costs) + " |", "|" + "---|" * len(costs)]
-    for label, r in runs:
-        e2e, model, alone, bound = r["end_to_end"], r["model"], r["stages_alone"], r["bound"]
-        lat = e2e["latency_ms"]
-        row = [label, model["engine"], model["device"], r["batch_size"],
-               "×".join(map(str, model["input_size"])),
-               f"{r['workers']['locate']}/{r['workers']['render']}",
-               *(alone[s]["fps"] for s in STAGES), alone["engine"]["fps"], e2e["fps"],
-               f"{bound['fps']} ({bound['limited_by']})", r["end_to_end_vs_bound"],
-               f"{lat['p50']}/{lat['p99']}", e2e["peak_rss_mb"], e2e["peak_gpu_mem_mb"],
-               e2e["gpu_util_percent"], r.get("compute", {}).get("percent_of_roof")]  # fmt: skip
-        table1.append("| " + " | ".join(_cell(v) for v in row) + " |")
-        cost = [label, *(f"{alone[s]['ms_per_frame']} ({alone[s]['core_ms_per_frame']})"
-                         for s in STAGES), bound["core_ms_per_frame"]]  # fmt: skip
-        table2.append("| " + " | ".join(_cell(v) for v in cost) + " |")
-    notes = [
-        "",
-        "Stage fps: each stage alone, with its workers (decode: PyAV to RGB; device: upload, "
-        "segment and download overlapped; engine-only: the network alone, back to back). "
-        "Bound: the lower of the device's fps alone and cores × 1000 / Σ core-ms, the CPU "
-        "time per frame of all stages together; e2e/bound near 1 means no stage and no lock "
-        "holds the pipeline below what its resources allow. % of roof: the model's FLOP/s "
-        "over the measured matmul FLOP/s of the device (fp32 on CPUs; a rough roof).",
-        "",
-        "Per-frame cost of each stage alone: wall ms per frame and, in brackets, CPU ms per "
-        "frame of the whole process (core-ms: every thread counted, FFmpeg's and OpenCV's "
-        "too).",
-    ]
     md = root / "bench.md"
     with atomic_path(md) as tmp:
-        tmp.write_text("# surgseg-bench\n\n" + "\n".join(table1) + "\n\n"
-                       + "\n".join(table2) + "\n".join(notes) + "\n")  # fmt: skip
+        tmp.write_text(report_markdown(runs))
+    fig = report_chart(runs)  # selects the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
 
-    names = [*STAGES, "end to end", "bound"]
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.32 * len(names) * len(runs)))
-    height = 0.8 / len(names)
-    top = 0.0
-    for i, name in enumerate(names):
-        values = [(r["end_to_end"]["fps"] if name == "end to end" else r["bound"]["fps"]
-                   if name == "bound" else r["stages_alone"][name]["fps"]) or 0
-                  for _, r in runs]  # fmt: skip
-        y = np.arange(len(runs)) + i * height
-        bars = ax.barh(y, values, height, label=name)
-        ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=2, fontsize=7)
-        top = max(top, *values)
-    ax.set_xlim(0, top * 1.15)
-    ax.set_yticks(np.arange(len(runs)) + 0.4 - height / 2, [label for label, _ in runs],
-                  fontsize=8)  # fmt: skip
-    ax.invert_yaxis()
-    ax.set_xlabel("frames per second")
-    ax.set_title("surgseg-bench: each stage alone, end to end, and the resource bound")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     png = root / "bench.png"
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

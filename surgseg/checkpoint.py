@@ -6,6 +6,7 @@ A delivered model file (``best.pt``, the demo's ``model.pt``) holds just that; a
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgseg.atomic import atomic_path
+from surgseg.atomic import write_bytes
 from surgseg.errors import CheckpointError
 from surgseg.model import build_model
 from surgseg.tasks import TASKS
@@ -64,8 +65,11 @@ def save_checkpoint(
         "state_dict": module.state_dict(),
         "train_state": train_state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Serialized in memory, then written with plain file I/O: a full disk is then an
+    # OSError(ENOSPC) naming the file, not a RuntimeError from torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -96,18 +96,17 @@ def process_on_ray(
     ray = _ray()
     from ray.exceptions import RayActorError, RayTaskError
 
-    gpus = 1 if predictor.device.startswith("cuda") else 0
-    if gpus and predictor.device != "cuda":
-        raise ConfigError(f"device={predictor.device} with cluster=ray: each worker gets a GPU "
-                          "of its own; use device=cuda")  # fmt: skip
+    if predictor.device not in ("cpu", "cuda"):
+        raise ConfigError(f"device={predictor.device} with cluster=ray: use cpu, or cuda (each "
+                          "worker gets a GPU of its own)")  # fmt: skip
+    gpus = int(predictor.device == "cuda")
     started_here = connect(options)
-    spec = PredictorSpec(**{**predictor.__dict__, "device": "cuda" if gpus else "cpu"})
     worker = ray.remote(VideoWorker).options(
         num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=options.max_retries,
         max_task_retries=options.max_retries)  # fmt: skip
 
     def start() -> Any:
-        return worker.remote(spec, jobs_options, options.cpus_per_worker)
+        return worker.remote(predictor, jobs_options, options.cpus_per_worker)
 
     waiting = deque(sorted(jobs, key=lambda j: _size(j), reverse=True))
     idle = [start() for _ in range(worker_count(options, gpus=gpus, jobs=len(jobs)))]
@@ -123,8 +122,8 @@ def process_on_ray(
             try:
                 result = ray.get(ready[0])
             except RayActorError:
-                reason = (f"{job.video}: the worker processing it died "
-                          f"{options.max_retries + 1} time(s)")  # fmt: skip
+                reason = (f"{job.video}: the worker process died while processing it, "
+                          f"also after {options.max_retries} restart(s)")  # fmt: skip
                 result = record_failure(job, reason, run_hash=jobs_options.get("run_hash"))
                 actor = start()
             except RayTaskError as exc:  # a bug or a write error: stop the run, say what

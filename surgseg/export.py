@@ -5,6 +5,11 @@ The exported graph takes ``image`` (float32, N×3×H×W, normalized) and returns
 file's ``metadata_props`` so an ONNX file is self-describing. Reduced precision is baked into the
 graph (fp16/bf16 weights here; INT8 Q/DQ nodes in ``surgseg.quantize``), which is what
 TensorRT's strongly typed networks and ONNX Runtime both run.
+
+Every export passes ``onnx.checker.check_model(full_check=True)`` before it is written. A bf16
+graph is exported at opset ≥ 22: ONNX allows bfloat16 ``Conv`` only from opset 22 (the opset-18
+bf16 graph fails the checker). TensorRT's ONNX parser documents opset 22 from TensorRT 10.15 on
+(and up to opset 25 in 11.x); ONNX Runtime's CPU provider has no bfloat16 ``Conv(22)`` kernel.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from surgseg.errors import CheckpointError, ConfigError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BF16_OPSET = 22  # first opset whose Conv (and Relu, MaxPool, Resize…) take bfloat16
 BF16_PARITY_SKIPPED = (
-    "skipped: ONNX Runtime's CPU provider has no bfloat16 convolution; check this export on a "
-    "GPU (engine=tensorrt precision=bf16)"
+    "skipped: ONNX Runtime's CPU provider has no bfloat16 convolution (Conv(22)); check this "
+    "export on a GPU (engine=tensorrt precision=bf16)"
 )
 DEFAULT_CACHE_DIR = "~/.cache/surgseg"
 _META_KEYS = ("task", "class_names", "model", "input_size", "mean", "std", "provenance")
@@ -48,6 +54,11 @@ class OnnxWrapper(nn.Module):
         return self.model(image.to(self.dtype))["out"]
 
 
+def export_opset(opset: int, precision: str) -> int:
+    """The opset an export at ``precision`` is written in: ``opset``, raised to 22 for bf16."""
+    return max(int(opset), BF16_OPSET) if precision == "bf16" else int(opset)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -60,7 +71,9 @@ def export_onnx(
     """Export ``model`` to ``path`` (atomically) with ``meta`` in its metadata_props.
 
     Uses the dynamo exporter (torch.export + onnxscript), torch's default since 2.9; it needs
-    opset ≥ 18. ``precision`` "fp16"/"bf16" exports the weights in that type (float32 input).
+    opset ≥ 18. ``precision`` "fp16"/"bf16" exports the weights in that type (float32 input);
+    bf16 is exported at opset ``export_opset(opset, "bf16")`` (≥ 22). The graph must pass the
+    full ONNX checker (ConfigError otherwise); nothing is written then.
     """
     import onnx
 
@@ -70,6 +83,7 @@ def export_onnx(
         )
     if opset < 18:
         raise ConfigError(f"export.opset must be at least 18 (dynamo exporter), got {opset}")
+    opset = export_opset(opset, precision)
     dtype = DTYPES[precision]
     module = copy.deepcopy(model).cpu().to(dtype) if dtype != torch.float32 else model.cpu()
     wrapper = OnnxWrapper(module, dtype).eval()
@@ -92,6 +106,13 @@ def export_onnx(
     fields.update(format="surgseg-onnx", precision=precision)
     for key, value in fields.items():
         proto.metadata_props.add(key=f"surgseg.{key}", value=json.dumps(value))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"the {precision} export at opset {opset} is not valid ONNX: {first}"
+        ) from None
     with atomic_path(path) as tmp:
         onnx.save(proto, tmp)
     return Path(path)
@@ -134,7 +155,10 @@ def cached_onnx(
     precision: str = "fp32",
     opset: int = 18,
 ) -> Path:
-    """The ONNX export of ``model`` in ``cache_dir``, exported now if not already there."""
+    """The ONNX export of ``model`` in ``cache_dir``, exported now if not already there. The
+    name's digest holds the opset really written (22 for bf16), so a bf16 file exported at
+    opset 18 by an earlier version is never picked up."""
+    opset = export_opset(opset, precision)
     cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
     path = (
         cache_dir

@@ -26,7 +26,7 @@ import time
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from surgseg.decode import Frame, VideoInfo, VideoReader
 from surgseg.errors import ConfigError
 from surgseg.options import CueOptions, Workers
 from surgseg.pipeline import Pipeline, Stage
-from surgseg.predictor import Predictor
-from surgseg.stages import Batch, cue_stages, predict
+from surgseg.predictor import Prediction, Predictor
+from surgseg.stages import Batch, cue_stages, model_record, predict
 
 DROP_POLICIES = ("keep_latest", "drop_new")
 
@@ -55,6 +55,12 @@ class StreamResult:
     latency_s: float  # from the frame's release to this result
     corrupt: bool = False  # the decoder flagged the frame as damaged
     gap: int = 0  # frames the decoder lost just before this one
+    frame: Frame | None = field(default=None, repr=False)  # the decoded frame (its image too)
+
+    @property
+    def prediction(self) -> Prediction:
+        """The mask and confidence as the predictor returned them."""
+        return Prediction(self.mask, self.confidence)
 
 
 class Pacer:
@@ -161,8 +167,11 @@ class LiveStream:
             pacer = Pacer(realtime=self.realtime, stop=self.stop)
             self._pipeline = Pipeline(
                 pacer(reader),
+                # Cue geometry in threads: a hop to a worker process (a copy and two wake-ups
+                # per frame) buys throughput a live feed does not need, at some latency.
                 [Stage("segment", predict(predictor), queue_size=1, stale=stale),
-                 *cue_stages(predictor, self.cues, workers=self.workers.locate, queue_size=1)],
+                 *cue_stages(predictor, self.cues, workers=self.workers.locate, queue_size=1,
+                             processes=False)],
                 source_name="decode",
                 queue_size=self.queue_size,
                 drop=self.drop if self.realtime else "block",
@@ -177,7 +186,7 @@ class LiveStream:
                     frame, pred = batch.frames[0], batch.predictions[0]
                     yield StreamResult(frame.index, frame.pts, frame.time_s, pred.mask,
                                        pred.confidence, batch.instruments[0], latency,
-                                       frame.corrupt, frame.gap)  # fmt: skip
+                                       frame.corrupt, frame.gap, frame)  # fmt: skip
             finally:
                 self._wall = time.perf_counter() - self._started
                 self._pipeline.stats["decode"].busy_s -= pacer.waited_s  # decoding time only
@@ -197,7 +206,8 @@ class LiveStream:
         self.close()
 
     def summary(self) -> dict[str, Any]:
-        """Frames released, emitted and dropped; latency percentiles (ms); stage figures."""
+        """Frames released, emitted and dropped; latency percentiles (ms); the model (task,
+        classes and their mask values, input size, engine, device); stage figures."""
         stats = self._pipeline.stats if self._pipeline is not None else {}
         source, model = stats.get("decode"), stats.get("segment")
         wall = self._wall or (time.perf_counter() - self._started if self._started else 0.0)
@@ -215,6 +225,7 @@ class LiveStream:
             "latency_ms": percentiles_ms(self.latencies),
             "wall_s": round(wall, 3),
             "complete": self.complete,  # False: stopped early (stop, close(), Ctrl-C, error)
+            "model": model_record(self.predictor),
             "stages": {name: s.to_dict() for name, s in stats.items()},
         }
 
@@ -249,7 +260,8 @@ def stream(
         max_age: with ``keep_latest``, drop a frame that waited longer than this many frame
             intervals for the model (None: never).
         cues: pose-cue and tracking parameters.
-        workers: worker threads of the cue geometry stage.
+        workers: worker threads of the cue geometry stage (threads, not the offline
+            pipeline's worker processes: a live feed needs latency more than throughput).
         stop: set it to end the stream.
 
     Returns a ``LiveStream``: iterate it for ``StreamResult``s, then call ``summary()``.

@@ -1,5 +1,23 @@
 """Segmentation metrics accumulated over a whole set: a confusion matrix (rows = ground
-truth, columns = prediction, ignore pixels left out) and the EndoVis 2017 per-frame IoU.
+truth, columns = prediction, ignore pixels left out) and two per-frame IoUs of the MICCAI
+EndoVis 2017 robotic instrument segmentation challenge, each averaged over frames:
+
+``challenge_iou``, as the organisers' evaluation script scored the test set (the challenge's
+own table, Allan et al. 2019):
+  - binary: the instrument class's IoU; a frame whose ground truth has no instrument scores 0,
+    whatever the prediction;
+  - parts, types: the mean IoU of the classes present in the frame's ground truth, among the
+    classes the challenge scored: for parts background, shaft, wrist, clasper (its parts
+    mapping lists Background); for types the seven instrument types (no background). Classes
+    only predicted add nothing. A frame with none of these classes in its ground truth is not
+    counted.
+
+``frame_iou``, as Shvets et al.'s ``evaluate.py`` (ternaus/robot-surgery-segmentation, the
+2017 winners) scores it, the figure of their cross-validation table (binary 83.6, parts 65.5,
+types 34.6):
+  - a frame with no instrument in its ground truth scores 1 if none is predicted, else 0;
+  - otherwise binary: the instrument IoU; parts, types: the mean IoU of the foreground classes
+    present in the ground truth.
 
 Both live in tensors (``confusion``, ``frame_stats``) on the device of the data given to
 ``update``, which a distributed trainer can ``all_reduce`` with a sum before ``compute``.
@@ -33,20 +51,32 @@ def _listed(x: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in x]
 
 
+def challenge_classes(num_classes: int, task: str | None = None) -> list[int]:
+    """The classes whose IoU the EndoVis 2017 challenge averaged per frame: for ``parts``
+    background and the three parts, otherwise the foreground classes."""
+    return list(range(num_classes)) if task == "parts" else list(range(1, num_classes))
+
+
 class SegmentationMetrics:
     """Confusion-matrix metrics over all updates.
 
     Args:
         num_classes: classes 0..num_classes-1; class 0 is background.
+        task: the task the classes belong to (``binary``, ``parts``, ``types``); it decides
+            which classes ``challenge_iou`` scores (see :func:`challenge_classes`). With two
+            classes the binary rule applies whatever the task.
         ignore_index: target value left out of every metric.
     """
 
-    def __init__(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self, num_classes: int, *, task: str | None = None, ignore_index: int = IGNORE_INDEX
+    ):
         self.num_classes = num_classes
+        self.task = task
         self.ignore_index = ignore_index
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        # [sum of per-frame IoU, number of frames]
-        self.frame_stats = torch.zeros(2, dtype=torch.float64)
+        # [sum of frame_iou, frames, sum of challenge_iou, frames the challenge counted]
+        self.frame_stats = torch.zeros(4, dtype=torch.float64)
 
     def to(self, device: str | torch.device) -> SegmentationMetrics:
         """Move the state tensors (e.g. to the GPU before an all_reduce)."""
@@ -82,11 +112,14 @@ class SegmentationMetrics:
         self.confusion += per_frame.sum(0)
         self.frame_stats[0] += _frame_iou(per_frame).sum()
         self.frame_stats[1] += per_frame.shape[0]
+        score, counted = _challenge_iou(per_frame, challenge_classes(c, self.task))
+        self.frame_stats[2] += score[counted].sum()
+        self.frame_stats[3] += counted.sum()
 
     def merge(self, other: SegmentationMetrics) -> None:
         """Add the counts of ``other`` (same number of classes) to this one."""
-        if other.num_classes != self.num_classes:
-            raise ValueError("cannot merge metrics of different class counts")
+        if other.num_classes != self.num_classes or other.task != self.task:
+            raise ValueError("cannot merge metrics of different classes")
         self.confusion += other.confusion.to(self.confusion.device)
         self.frame_stats += other.frame_stats.to(self.frame_stats.device)
 
@@ -95,10 +128,11 @@ class SegmentationMetrics:
         truth has IoU/Dice None and is left out of the means.
 
         Keys: ``iou``, ``dice`` (per class), ``miou``/``mdice`` (foreground classes),
-        ``miou_all`` (all classes), ``pixel_accuracy``, ``frame_iou`` (EndoVis 2017: per
-        frame, the mean IoU of foreground classes present in ground truth or prediction, 1 for
-        a frame where both are empty; averaged over frames), ``frames``, ``pixels``, and for
-        two classes ``sensitivity``, ``specificity``, ``balanced_accuracy`` of class 1.
+        ``miou_all`` (all classes), ``pixel_accuracy``, ``challenge_iou`` (the EndoVis 2017
+        organisers' per-frame IoU averaged over the frames they counted, see the module
+        docstring), ``challenge_frames`` (those frames), ``frame_iou`` (Shvets et al.'s
+        per-frame IoU averaged over all frames), ``frames``, ``pixels``, and for two classes
+        ``sensitivity``, ``specificity``, ``balanced_accuracy`` of class 1.
         """
         cm = self.confusion.cpu().numpy().astype(np.float64)
         tp = np.diag(cm)
@@ -106,7 +140,7 @@ class SegmentationMetrics:
         iou = _ratio(tp, gt + pr - tp)
         dice = _ratio(2 * tp, gt + pr)
         total = cm.sum()
-        frame_sum, frames = self.frame_stats.cpu().tolist()
+        frame_sum, frames, challenge_sum, challenge_frames = self.frame_stats.cpu().tolist()
         out: dict[str, Any] = {
             "iou": _listed(iou),
             "dice": _listed(dice),
@@ -114,6 +148,8 @@ class SegmentationMetrics:
             "mdice": _nanmean(dice[1:]),
             "miou_all": _nanmean(iou),
             "pixel_accuracy": float(tp.sum() / total) if total else None,
+            "challenge_iou": challenge_sum / challenge_frames if challenge_frames else None,
+            "challenge_frames": int(challenge_frames),
             "frame_iou": frame_sum / frames if frames else None,
             "frames": int(frames),
             "pixels": int(total),
@@ -127,13 +163,30 @@ class SegmentationMetrics:
 
 
 def _frame_iou(per_frame: torch.Tensor) -> torch.Tensor:
-    """Per-frame mean IoU over the foreground classes present in ground truth or prediction
-    (1 where there is none), from (N, C, C) confusion matrices."""
+    """Shvets et al.'s per-frame IoU from (N, C, C) confusion matrices: with instrument in
+    the ground truth, the mean IoU of the foreground classes present there (the binary IoU
+    for two classes); without, 1 if nothing is predicted either, else 0."""
     tp = per_frame.diagonal(dim1=1, dim2=2)[:, 1:].double()
-    union = per_frame.sum(2)[:, 1:] + per_frame.sum(1)[:, 1:] - tp
-    present = union > 0
-    iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+    truth, predicted = per_frame.sum(2)[:, 1:], per_frame.sum(1)[:, 1:]
+    present = truth > 0
+    iou = torch.where(present, tp / (truth + predicted - tp).clamp(min=1), torch.zeros_like(tp))
     count = present.sum(1)
-    return torch.where(
-        count > 0, iou.sum(1) / count.clamp(min=1), torch.ones_like(count, dtype=iou.dtype)
-    )
+    empty = (predicted.sum(1) == 0).to(iou.dtype)
+    return torch.where(count > 0, iou.sum(1) / count.clamp(min=1), empty)
+
+
+def _challenge_iou(
+    per_frame: torch.Tensor, classes: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EndoVis 2017 organisers' per-frame IoU from (N, C, C) confusion matrices, and
+    which frames they counted (see the module docstring)."""
+    tp = per_frame.diagonal(dim1=1, dim2=2).double()
+    truth, predicted = per_frame.sum(2), per_frame.sum(1)
+    iou = tp / (truth + predicted - tp).clamp(min=1)
+    if per_frame.shape[1] == 2:  # binary: the instrument's IoU, 0 without one in the truth
+        score = torch.where(truth[:, 1] > 0, iou[:, 1], torch.zeros_like(iou[:, 1]))
+        return score, torch.ones_like(score, dtype=torch.bool)
+    present = truth[:, classes] > 0
+    count = present.sum(1)
+    score = torch.where(present, iou[:, classes], torch.zeros_like(iou[:, classes])).sum(1)
+    return score / count.clamp(min=1), count > 0

@@ -9,11 +9,17 @@ models.
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision.models import resnet
+from torchvision.models._api import WeightsEnum
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
@@ -22,6 +28,22 @@ from surgseg.errors import CheckpointError, ConfigError
 DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
 _DILATE = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}
 HEADS = ("linear", "fcn")
+
+# ImageNet weights by name, as torchvision's enums have them (ResNet101_Weights.IMAGENET1K_V2…);
+# "imagenet" is torchvision's DEFAULT (V2 where a depth has it, else V1).
+IMAGENET_WEIGHTS = {
+    "imagenet": "DEFAULT",
+    "imagenet_v1": "IMAGENET1K_V1",
+    "imagenet_v2": "IMAGENET1K_V2",
+}
+_WEIGHT_ENUMS: dict[int, type[WeightsEnum]] = {
+    18: resnet.ResNet18_Weights,
+    34: resnet.ResNet34_Weights,
+    50: resnet.ResNet50_Weights,
+    101: resnet.ResNet101_Weights,
+}
+# Seconds any one network operation of a download may take before it counts as offline.
+DOWNLOAD_TIMEOUT_S = 30
 
 
 def build_model(
@@ -41,7 +63,10 @@ def build_model(
         output_stride: 8, 16 or 32; strides beyond it become dilation.
         head: ``"linear"`` (a 1×1 convolution) or ``"fcn"`` (torchvision's FCNHead).
         aux_loss: add an auxiliary FCN head on layer3.
-        backbone_weights: optional local file with an ImageNet ResNet state dict.
+        backbone_weights: ImageNet weights for the backbone: ``"imagenet"``, ``"imagenet_v1"``
+            or ``"imagenet_v2"`` (torchvision's weights, from torch's hub cache, downloaded
+            into it once if missing; see :func:`imagenet_state_dict`), or a local file with an
+            ImageNet ResNet state dict in torchvision's layout; None for random weights.
     """
     if depth not in DEPTHS:
         raise ConfigError(f"model.depth must be one of {sorted(DEPTHS)}, got {depth}")
@@ -61,7 +86,7 @@ def build_model(
         backbone = DEPTHS[depth](weights=None)
         _dilate_basic_blocks(backbone, dilate)
     if backbone_weights is not None:
-        load_backbone_weights(backbone, backbone_weights)
+        load_backbone_weights(backbone, backbone_weights, depth=depth)
 
     channels = backbone.fc.in_features  # 512 (BasicBlock) or 2048 (Bottleneck)
     layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
@@ -110,19 +135,104 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(backbone: resnet.ResNet, path: str | Path) -> None:
-    """Load an ImageNet ResNet state dict (torchvision layout) from a local file.
+def imagenet_weights(name: str, depth: int) -> WeightsEnum:
+    """torchvision's weights enum member for ``name`` (a key of ``IMAGENET_WEIGHTS``) and a
+    ResNet ``depth``, e.g. ``("imagenet", 101)`` → ``ResNet101_Weights.IMAGENET1K_V2``."""
+    if name not in IMAGENET_WEIGHTS:
+        raise ConfigError(
+            f"model.backbone_weights must be one of {sorted(IMAGENET_WEIGHTS)} or a file, "
+            f"got {name!r}"
+        )
+    if depth not in _WEIGHT_ENUMS:
+        raise ConfigError(f"model.depth must be one of {sorted(_WEIGHT_ENUMS)}, got {depth}")
+    enum = _WEIGHT_ENUMS[depth]
+    member = IMAGENET_WEIGHTS[name]
+    if member not in enum.__members__:
+        have = ", ".join(m for m in enum.__members__ if m != "DEFAULT")
+        raise ConfigError(
+            f"model.backbone_weights={name}: torchvision has no {member} weights for "
+            f"ResNet-{depth} (it has {have}); use imagenet or imagenet_v1"
+        )
+    return enum[member]
+
+
+def hub_cache_file(weights: WeightsEnum) -> Path:
+    """Where torchvision's weights API keeps ``weights``: the file named by the last part of
+    ``weights.url`` in torch's hub checkpoints folder (``$TORCH_HOME/hub/checkpoints``,
+    ``~/.cache/torch/hub/checkpoints`` by default)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every socket operation meanwhile, so a download without a network fails instead
+    of waiting forever (torch.hub opens its URL without a timeout)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def imagenet_state_dict(
+    name: str, depth: int, *, progress: bool = False
+) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict ``name`` for a ResNet of ``depth``, through torchvision's
+    weights API: read from torch's hub cache, or downloaded into it first when missing.
+
+    A file present in the cache is read without any network access (torchvision downloads
+    only when the file is missing; its hash is checked on download). When the file is missing
+    and cannot be downloaded (offline), CheckpointError says in one line which file to place
+    in which folder and the URL to fetch it from.
+    """
+    weights = imagenet_weights(name, depth)
+    path = hub_cache_file(weights)
+    present = path.is_file()
+    what = f"ImageNet weights {type(weights).__name__}.{weights.name}"
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            state = weights.get_state_dict(
+                progress=progress, check_hash=True, map_location="cpu", weights_only=True
+            )
+    except Exception as exc:
+        if present:
+            raise CheckpointError(
+                f"{what}: not a PyTorch weights file ({exc.__class__.__name__}); delete it to "
+                "download it again",
+                path,
+            ) from None
+        raise CheckpointError(
+            f"{what} are not in torch's cache and could not be downloaded "
+            f"({exc.__class__.__name__}): place {path.name} in {path.parent} "
+            f"(fetch it from {weights.url}), or give model.backbone_weights=/path/to/file.pth"
+        ) from None
+    return state
+
+
+def load_backbone_weights(
+    backbone: resnet.ResNet, source: str | Path, *, depth: int | None = None
+) -> None:
+    """Load ImageNet weights into ``backbone``: ``source`` names torchvision's weights
+    (``IMAGENET_WEIGHTS``, for a ResNet of ``depth``) or is a local file with a ResNet state
+    dict in torchvision's layout.
 
     The ``fc`` layer is skipped; every other tensor must match.
     """
-    state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
+    if isinstance(source, str) and source in IMAGENET_WEIGHTS:
+        if depth is None:
+            raise ValueError("depth is needed to pick torchvision's weights")
+        given, where = imagenet_state_dict(source, depth), None
+    else:
+        given, where = _read_state_dict(source), source
+    state = {k: v for k, v in given.items() if not k.startswith("fc.")}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise CheckpointError(
             f"not an ImageNet ResNet state dict of this depth "
             f"({len(missing)} missing, {len(unexpected)} unexpected keys)",
-            path,
+            where,
         )
 
 

@@ -87,10 +87,10 @@ def resolve_workers(value: int | str, *, key: str = "workers") -> int:
 
 @dataclass
 class Workers:
-    """Worker threads of the stateless per-frame stages."""
+    """Workers of the stateless per-frame stages."""
 
-    locate: int | str = _opt("auto", "threads finding the instruments of each mask; auto: "
-                                     "half the CPU cores, 2 to 8")
+    locate: int | str = _opt("auto", "workers finding the instruments of each mask (more than "
+                                     "1: worker processes); auto: half the CPU cores, 2 to 8")
     render: int | str = _opt("auto", "threads encoding PNG masks and drawing the overlay; auto: "
                                      "as locate")
 

@@ -42,6 +42,14 @@ DROP_POLICIES = ("block", "keep_latest", "drop_new")
 _POLL_S = 0.05  # how often a blocked thread looks at the stop event
 _END = object()  # put after the last item
 _RUNNING: weakref.WeakSet[Pipeline] = weakref.WeakSet()  # pipelines whose threads run
+_ITEM = threading.local()  # CPU time charged to the item in hand by ``charge_cpu``
+
+
+def charge_cpu(seconds: float) -> None:
+    """Count ``seconds`` of CPU time spent elsewhere on the item in hand (in a worker
+    process) in the current stage's CPU time; no effect outside a stage's function."""
+    if getattr(_ITEM, "cpu_s", None) is not None:
+        _ITEM.cpu_s += seconds
 
 
 @atexit.register
@@ -85,7 +93,8 @@ class Stage:
 @dataclass
 class StageStats:
     """What one stage did: busy time (summed over its workers), the CPU time of the threads
-    that ran it, items and frames out, drops, peak output queue."""
+    that ran it (and of worker processes it charged with ``charge_cpu``), items and frames
+    out, drops, peak output queue."""
 
     name: str
     workers: int = 1
@@ -262,8 +271,14 @@ class Pipeline:
     def _apply(self, stage: Stage, item: Any) -> Any:
         """``stage.fn(item)``, timed (wall and this thread's CPU time) into its stats."""
         t0, c0 = time.perf_counter(), time.thread_time()
-        result = stage.fn(item)
-        self._record(stage.name, time.perf_counter() - t0, time.thread_time() - c0, result)
+        _ITEM.cpu_s = 0.0
+        try:
+            result = stage.fn(item)
+            elsewhere = _ITEM.cpu_s
+        finally:
+            _ITEM.cpu_s = None
+        cpu = time.thread_time() - c0 + elsewhere
+        self._record(stage.name, time.perf_counter() - t0, cpu, result)
         return result
 
     def _run_source(self) -> None:

@@ -9,7 +9,7 @@ as ``torch.nn.functional.interpolate``) to ``input_size``, then ``(x / 255 − m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,9 +50,30 @@ class Preprocess:
     input_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # (mean × 255, std × 255) as (1, 3, 1, 1) float32 tensors, built once per device
+    _stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)  # fmt: skip
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", check_input_size(self.input_size))
+
+    def stats(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean × 255, std × 255) as (1, 3, 1, 1) float32 tensors on ``device``, built on
+        first use and then reused: a tensor built from Python numbers per batch would be a
+        blocking host-to-device copy per batch. On CUDA the one copy is made from pinned
+        memory without waiting, on the current stream, so even the first batch does not
+        synchronize."""
+        device = torch.device(device)
+        cached = self._stats.get(device)
+        if cached is None:
+            pair = [torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+                    for v in (self.mean, self.std)]  # fmt: skip
+            if device.type == "cuda":
+                pair = [t.pin_memory().to(device, non_blocking=True) for t in pair]
+            else:
+                pair = [t.to(device) for t in pair]
+            cached = self._stats[device] = (pair[0], pair[1])
+        return cached
 
     def __call__(self, frames: torch.Tensor, *, dtype: torch.dtype = torch.float32,
                  channels_last: bool = False) -> torch.Tensor:  # fmt: skip
@@ -67,8 +88,7 @@ class Preprocess:
         x = frames.permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255.0
+        mean, std = self.stats(x.device)
         x = ((x - mean) / std).to(dtype)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return x.contiguous(memory_format=memory_format)

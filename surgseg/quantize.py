@@ -24,6 +24,16 @@ Calibration sees one frame at a time, so memory does not grow with the number of
 ``minmax`` reduces each tensor to max|x| inside the graph (about the memory of one
 inference); ``percentile`` (99.99 % of |x|) and ``entropy`` (TensorRT's KL-divergence
 threshold on a 2048-bin |x| histogram) hold every calibrated activation of one frame at a time.
+Each histogram keeps exactly 2048 bins: when a frame goes past its range, neighbouring bins are
+merged (the width grows by a whole factor), so it never grows with the range.
+
+Scales are fp16, the type the unquantized layers run in, which bounds them both ways. A range
+above fp16's maximum (65504) cannot be held by those layers: its scale is capped at the largest
+fp16 whose 127 multiple is finite (dequantized values saturate at 65504 instead of becoming
+inf), with a warning naming the tensors. A scale must be positive (TensorRT) and is kept at or
+above the smallest normal fp16 (6.1e-5) rather than a subnormal, which hardware may flush to
+zero; a non-zero range below 127 × 6.1e-5 (≈ 7.8e-3) then keeps fewer than 127 levels, and a
+warning says how many channels or tensors that is (all-zero ones quantize to 0 either way).
 """
 
 from __future__ import annotations
@@ -56,6 +66,18 @@ MIN_OPSET = 19  # first opset whose QuantizeLinear/DequantizeLinear take fp16 sc
 RECIPE = 1  # placement and precision rules above; part of the cache key
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 _FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal fp16: the least scale written
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def _largest_scale() -> float:
+    """The largest fp16 scale s with 127·s finite in fp16 (≤ 65504 after rounding)."""
+    scale = np.float16(FP16_MAX / 127)
+    while 127 * float(scale) >= 65520:  # fp16 rounds [65504, 65520) down to 65504, the rest to inf
+        scale = np.nextafter(scale, np.float16(0))
+    return float(scale)
+
+
+_FP16_TOP_SCALE = _largest_scale()  # 515.5
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +197,10 @@ def _plan(model) -> _Plan:
 
 
 class _AbsHistogram:
-    """Histogram of |x| over all frames. The bin width is fixed by the first frame with a
-    non-zero value (its max / 2048); later, larger values add whole bins."""
+    """Histogram of |x| over all frames in exactly ``HIST_BINS`` bins. The width is set by the
+    first frame with a non-zero value (its max / 2048); a later frame past the range merges
+    every ``k`` neighbouring bins into one (width × k, k the smallest whole factor that covers
+    it), so counts stay exact and the bin count never grows."""
 
     def __init__(self) -> None:
         self.amax = 0.0
@@ -195,27 +219,29 @@ class _AbsHistogram:
             self.width = top / HIST_BINS
             self.counts = np.zeros(HIST_BINS, np.int64)
             self.counts[0] = self.zeros
-        needed = int(np.ceil(top / self.width))
-        if needed > self.counts.size:
-            self.counts = np.pad(self.counts, (0, needed - self.counts.size))
-        index = np.minimum((x / self.width).astype(np.int64), self.counts.size - 1)
-        self.counts += np.bincount(index, minlength=self.counts.size)
+        if top > self.width * HIST_BINS:
+            self._widen(-(-top // (self.width * HIST_BINS)))
+        index = np.minimum((x / self.width).astype(np.int64), HIST_BINS - 1)
+        self.counts += np.bincount(index, minlength=HIST_BINS)
+
+    def _widen(self, factor: float) -> None:
+        """Merge every ``factor`` bins into one: the range grows ``factor`` times."""
+        k = int(factor)
+        merged = np.pad(self.counts, (0, -HIST_BINS % k)).reshape(-1, k).sum(1)
+        self.counts = np.pad(merged, (0, HIST_BINS - merged.size))
+        self.width *= k
 
     def threshold(self, method: str) -> float:
         """The amax for ``method``: max|x|, its 99.99th percentile, or the entropy threshold."""
         if method == "minmax" or self.counts is None:
             return self.amax
-        counts, width = self.counts, self.width
-        factor = -(-counts.size // HIST_BINS)  # merge whole bins down to ≤ 2048
-        if factor > 1:
-            counts = np.pad(counts, (0, -counts.size % factor)).reshape(-1, factor).sum(1)
-            width *= factor
         if method == "percentile":
-            cdf = np.cumsum(counts) / counts.sum()
+            cdf = np.cumsum(self.counts) / self.counts.sum()
             bins = int(np.searchsorted(cdf, PERCENTILE / 100)) + 1
         else:
-            bins = entropy_bins(counts)
-        return min(bins * width, self.amax)
+            used = int(np.flatnonzero(self.counts)[-1]) + 1  # bins past the data are empty
+            bins = entropy_bins(self.counts[:used])
+        return min(bins * self.width, self.amax)
 
 
 def entropy_bins(hist: np.ndarray, levels: int = LEVELS) -> int:
@@ -309,16 +335,40 @@ def calibrate(
     return {t: s.threshold(method) for t, s in stats.items()}, count
 
 
-def _scale(amax: np.ndarray | float) -> np.ndarray:
-    """Symmetric INT8 scale amax/127 as fp16, never below the smallest normal fp16."""
-    scale = np.maximum(np.asarray(amax, np.float64) / 127.0, _FP16_TINY)
-    return scale.astype(np.float16)
+def _scale(amax: np.ndarray | float, name: str, notes: dict[str, list[str]]) -> np.ndarray:
+    """Symmetric INT8 scale amax/127 as fp16, between the smallest normal fp16 and the largest
+    scale whose 127 multiple is a finite fp16; ``name`` goes into ``notes["over"]`` /
+    ``notes["tiny"]`` once per range above fp16's maximum / non-zero range clamped up."""
+    amax = np.asarray(amax, np.float64)
+    raw = amax / 127.0
+    notes["over"] += [name] * int(np.count_nonzero(amax > FP16_MAX))
+    notes["tiny"] += [name] * int(np.count_nonzero((amax > 0) & (raw < _FP16_TINY)))
+    return np.clip(raw, _FP16_TINY, _FP16_TOP_SCALE).astype(np.float16)
+
+
+def _warn_ranges(notes: dict[str, list[str]]) -> None:
+    """One warning line per kind of range fp16 scales cannot follow (see the module docstring)."""
+    over, tiny = notes.get("over", []), notes.get("tiny", [])
+    if over:
+        log.warning(
+            "INT8: %d calibrated range(s) exceed fp16's maximum %g (%s): the fp16 layers around "
+            "them cannot hold such values; their scales are capped so dequantized values "
+            "saturate at %g instead of becoming inf",
+            len(over), FP16_MAX, ", ".join(sorted(set(over))[:5]), FP16_MAX,
+        )  # fmt: skip
+    if tiny:
+        log.warning(
+            "INT8: %d range(s) (channels or tensors) below 127 × %.2g got the smallest normal "
+            "fp16 scale %.2g and keep fewer than 127 levels (%s)",
+            len(tiny), _FP16_TINY, _FP16_TINY, ", ".join(sorted(set(tiny))[:5]),
+        )  # fmt: skip
 
 
 def _insert_qdq(model, plan: _Plan, amax: dict[str, float]) -> None:
     """Add the Q/DQ nodes and INT8 weights of ``plan`` to ``model`` (scales in fp16)."""
     from onnx import helper, numpy_helper
 
+    notes: dict[str, list[str]] = defaultdict(list)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     before: dict[int, list] = defaultdict(list)
@@ -326,7 +376,7 @@ def _insert_qdq(model, plan: _Plan, amax: dict[str, float]) -> None:
         scale, zero, q, dq = (f"{tensor}.{s}" for s in ("scale", "zero", "q", "dq"))
         graph.initializer.extend(
             [
-                numpy_helper.from_array(_scale(amax[tensor]), scale),
+                numpy_helper.from_array(_scale(amax[tensor], tensor, notes), scale),
                 numpy_helper.from_array(np.array(0, np.int8), zero),
             ]
         )
@@ -342,7 +392,7 @@ def _insert_qdq(model, plan: _Plan, amax: dict[str, float]) -> None:
         name = node.input[1]
         if name not in done:
             w = numpy_helper.to_array(inits[name]).astype(np.float64)
-            scale = _scale(np.abs(w).reshape(len(w), -1).max(1))
+            scale = _scale(np.abs(w).reshape(len(w), -1).max(1), name, notes)
             shape = (-1,) + (1,) * (w.ndim - 1)
             q = np.clip(np.rint(w / scale.astype(np.float64).reshape(shape)), -127, 127)
             graph.initializer.extend(
@@ -371,6 +421,7 @@ def _insert_qdq(model, plan: _Plan, amax: dict[str, float]) -> None:
     stale = [init for init in graph.initializer if init.name not in used]
     for init in stale:
         graph.initializer.remove(init)
+    _warn_ranges(notes)
 
 
 def _to_fp16(model) -> None:

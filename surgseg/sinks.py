@@ -20,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from surgseg.atomic import Output, atomic_path
+from surgseg.atomic import Output, atomic_path, naming
 from surgseg.encode import VideoWriter
 from surgseg.errors import ConfigError
 from surgseg.options import MASK_FORMATS, X264_PRESETS
@@ -126,18 +126,21 @@ class Ffv1MaskWriter(Output):
             raise ValueError(f"expected frame index {self._writer.frames_written}, got {index}")
         if pts is None:
             pts = round(Fraction(index) / Fraction(self._fps) / self._time_base)
-        self._writer.write(mask, pts)
+        with naming(self.path):
+            self._writer.write(mask, pts)
 
     def write(self, index: int, pts: int | None, mask: np.ndarray) -> None:
         """Check and encode the mask of frame ``index``."""
         self.write_encoded(index, pts, self.encode(mask))
 
     def close(self) -> None:
-        self._writer.close()
+        with naming(self.path):
+            self._writer.close()
 
     def abort(self) -> None:
         """Drop the partial file."""
-        self._writer.abort()
+        with naming(self.path):
+            self._writer.abort()
 
 
 def open_mask_writer(
@@ -207,11 +210,13 @@ class CuesWriter(Output):
 
     def write_line(self, line: str) -> None:
         """Append one JSON line (encoded by the caller) and flush it."""
-        self._file.write(line + "\n")
-        self._file.flush()
+        with naming(self.path):
+            self._file.write(line + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with naming(self.path):
+            self._file.close()
 
 
 _WHITE, _YELLOW, _BLACK = (255, 255, 255), (255, 220, 0), (0, 0, 0)
@@ -446,7 +451,8 @@ class OverlayWriter(Output):
         bottom, right = self.size[1] % 2, self.size[0] % 2
         if bottom or right:
             frame = cv2.copyMakeBorder(frame, 0, bottom, 0, right, cv2.BORDER_REPLICATE)
-        self._writer.write(frame, pts)
+        with naming(self.path):
+            self._writer.write(frame, pts)
 
     def write(
         self,
@@ -459,11 +465,13 @@ class OverlayWriter(Output):
         self.write_rendered(self.render(image_rgb, mask, instruments), pts)
 
     def close(self) -> None:
-        self._writer.close()
+        with naming(self.path):
+            self._writer.close()
 
     def abort(self) -> None:
         """Drop the partial file."""
-        self._writer.abort()
+        with naming(self.path):
+            self._writer.abort()
 
 
 def _scaled(point: Sequence[float], sx: float, sy: float) -> list[float]:

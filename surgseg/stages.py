@@ -9,29 +9,34 @@ Offline processing (``surgseg.infer``), live streaming (``surgseg.live``) and th
               device    (GPU, async)          (1 sync)  (k)        frames   frame (k)
 
 Stages marked (k) are stateless per frame and run on ``workers`` threads with results put
-back in frame order (OpenCV and NumPy release the GIL for the heavy work); the tracker and
-the muxers are stateful and run in one thread each. Frames travel in ``Batch``es of
+back in frame order: render in those threads (OpenCV releases the GIL for its heavy work),
+locate in as many worker processes driven by them (``surgseg.cue_workers``: the cue
+geometry holds the GIL for a third of its time, so threads of it would not scale). The
+tracker and the muxers are stateful and run in one thread each. Frames travel in ``Batch``es of
 ``batch_size``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
 from surgseg.atomic import Output
+from surgseg.cue_workers import shared_pool
 from surgseg.cues import FieldOfView, Instrument, find_instruments
 from surgseg.decode import Frame, VideoInfo
 from surgseg.errors import ConfigError
 from surgseg.options import CueOptions, OutputOptions, Workers
-from surgseg.pipeline import Pipeline, Stage
+from surgseg.pipeline import Pipeline, Stage, charge_cpu
 from surgseg.predictor import Pending, Prediction, Predictor, Uploaded
 from surgseg.sinks import (
     CuesWriter,
@@ -91,6 +96,9 @@ def cue_record(frame: Frame, instruments: list[dict[str, Any]]) -> dict[str, Any
             "corrupt": frame.corrupt, "gap": frame.gap, "instruments": instruments}  # fmt: skip
 
 
+_VIEW_KEYS = itertools.count()  # one per Locate (video): names its field of view to workers
+
+
 # --- device stages -----------------------------------------------------------------------------
 
 
@@ -143,14 +151,24 @@ def download(predictor: Predictor) -> Stage:
 
 class Locate:
     """Cue geometry of every frame of a batch: stateless but for the video's field of view,
-    found once from its first frame (``view="auto"``) and then shared, read-only, by every
-    worker thread."""
+    found once from its first frame (``view="auto"``) and then shared, read-only.
 
-    def __init__(self, *, task: str, options: CueOptions):
+    With ``processes`` (by default when ``workers`` > 1) the geometry runs in the worker
+    processes of ``surgseg.cue_workers`` (masks passed through shared memory, results
+    identical): ``find_instruments`` holds the GIL for about a third of its time, so threads
+    of it do not scale. Each of the stage's ``workers`` threads then drives one process. With
+    one worker it runs in the stage's thread, with nothing to copy.
+    """
+
+    def __init__(self, *, task: str, options: CueOptions, workers: int = 1,
+                 processes: bool | None = None):  # fmt: skip
         self.task = task
         self.options = options
         self.view: FieldOfView | None = None
         self._view_lock = threading.Lock()
+        self._view_key = next(_VIEW_KEYS)
+        self.processes = workers > 1 if processes is None else processes
+        self._pool = shared_pool(workers) if self.processes else None  # started now
 
     def _view(self, image: np.ndarray) -> FieldOfView:
         with self._view_lock:
@@ -164,9 +182,15 @@ class Locate:
         o = self.options
         view = self._view(batch.frames[0].image)
         params = {"min_area": o.min_area, "border_band": o.border_band, "tip_band": o.tip_band}
-        batch.found = [find_instruments(p.mask, task=self.task, confidence=p.confidence,
-                                        view=view, **params)
-                       for p in batch.predictions]  # fmt: skip
+        if self._pool is None:
+            batch.found = [find_instruments(p.mask, task=self.task, confidence=p.confidence,
+                                            view=view, **params)
+                           for p in batch.predictions]  # fmt: skip
+            return batch
+        batch.found, cpu = self._pool.locate(
+            [p.mask for p in batch.predictions], [p.confidence for p in batch.predictions],
+            view=view, view_key=self._view_key, task=self.task, **params)  # fmt: skip
+        charge_cpu(cpu)  # the worker process's CPU time counts as the stage's
         return batch
 
 
@@ -185,10 +209,12 @@ class Track:
         return batch
 
 
-def cue_stages(predictor: Predictor, options: CueOptions, *, workers: int,
-               queue_size: int = 2) -> list[Stage]:  # fmt: skip
-    """The locate (k workers) and track stages."""
-    locate = Locate(task=predictor.meta.task, options=options)
+def cue_stages(predictor: Predictor, options: CueOptions, *, workers: int, queue_size: int = 2,
+               processes: bool | None = None) -> list[Stage]:  # fmt: skip
+    """The locate (k workers: threads driving as many worker processes when k > 1, unless
+    ``processes`` is False) and track stages."""
+    locate = Locate(task=predictor.meta.task, options=options, workers=workers,
+                    processes=processes)  # fmt: skip
     return [Stage("locate", locate, queue_size, workers=workers),
             Stage("track", Track(options), queue_size)]  # fmt: skip
 
@@ -196,8 +222,22 @@ def cue_stages(predictor: Predictor, options: CueOptions, *, workers: int,
 # --- outputs -----------------------------------------------------------------------------------
 
 
+class LineWriter(Output):
+    """Cue lines to a text stream (standard output unless ``stream`` is given), flushed line by
+    line; closing leaves the stream open."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self._stream = stream
+
+    def write_line(self, line: str) -> None:
+        stream = self._stream or sys.stdout  # looked up per line: it may be redirected
+        stream.write(line + "\n")
+        stream.flush()
+
+
 class Outputs(Output):
-    """A run's open outputs: masks (PNG files or FFV1 video), ``cues.jsonl``, overlay video.
+    """A run's open outputs: masks (PNG files or FFV1 video), cue lines (``cues.jsonl`` or a
+    stream), overlay video.
 
     ``render`` is the stateless part (thread-safe): mask encoding, overlay drawing, the cue
     line. ``write`` is the sequential part: files and muxers, in frame order. ``close``
@@ -205,13 +245,16 @@ class Outputs(Output):
     """
 
     def __init__(self, *, masks: PngMaskWriter | Ffv1MaskWriter | None = None,
-                 cues: CuesWriter | None = None, overlay: OverlayWriter | None = None):  # fmt: skip
+                 cues: CuesWriter | LineWriter | None = None,
+                 overlay: OverlayWriter | None = None):  # fmt: skip
         self.masks, self.cues, self.overlay = masks, cues, overlay
+        self._masks_written = 0
 
-    def render(self, frame: Frame, prediction: Prediction,
-               instruments: list[dict[str, Any]]) -> Rendered:  # fmt: skip
-        """Encode one frame's outputs (any thread)."""
-        out = Rendered(cue_line=json.dumps(cue_record(frame, instruments)))
+    def render(self, frame: Frame, prediction: Prediction, instruments: list[dict[str, Any]],
+               *, extra: dict[str, Any] | None = None) -> Rendered:  # fmt: skip
+        """Encode one frame's outputs (any thread); ``extra`` fields end its cue line."""
+        record = cue_record(frame, instruments)
+        out = Rendered(cue_line=json.dumps(record if extra is None else {**record, **extra}))
         if self.masks is not None:
             out.mask = self.masks.encode(prediction.mask)
         if self.overlay is not None:
@@ -219,9 +262,13 @@ class Outputs(Output):
         return out
 
     def write(self, frame: Frame, rendered: Rendered) -> None:
-        """Write one frame's rendered outputs (one thread, frame order)."""
+        """Write one frame's rendered outputs (one thread, frame order). FFV1 masks are
+        numbered by their position in the file: a live feed's dropped frames leave no gap."""
         if self.masks is not None:
-            self.masks.write_encoded(frame.index, frame.pts, rendered.mask)
+            ffv1 = isinstance(self.masks, Ffv1MaskWriter)
+            index = self._masks_written if ffv1 else frame.index
+            self.masks.write_encoded(index, frame.pts, rendered.mask)
+            self._masks_written += 1
         if self.cues is not None:
             self.cues.write_line(rendered.cue_line)
         if self.overlay is not None:
@@ -240,26 +287,35 @@ class Outputs(Output):
 
 
 def open_outputs(
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     *,
     info: VideoInfo,
     options: OutputOptions,
     class_names: Sequence[str],
-    cues: bool = True,
+    cues: bool | str | Path = True,
 ) -> Outputs:
-    """Open a run's outputs in ``out_dir`` for a video described by ``info``: ``masks/`` or
-    ``masks.mkv``, ``cues.jsonl`` (unless ``cues`` is False) and ``overlay.mp4``, for a model
-    with ``class_names`` (row 0 background)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Open a run's outputs for a video described by ``info``, for a model with
+    ``class_names`` (row 0 background): in ``out_dir``, ``masks/`` or ``masks.mkv`` and
+    ``overlay.mp4`` as ``options`` say; the cue lines in ``out_dir/cues.jsonl`` (``cues``
+    True), in the file ``cues``, on standard output (``cues="-"``) or nowhere (False).
+    ``out_dir`` may be None when nothing is written there."""
     fmt = info.writer_format()
+    if out_dir is None and (options.masks is not None or options.overlay or cues is True):
+        raise ValueError("open_outputs needs an out_dir for masks, overlay or cues.jsonl")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
     outputs = Outputs()
     try:
         if options.masks is not None:
             outputs.masks = open_mask_writer(options.masks, out_dir, threads=options.ffv1_threads,
                                              **fmt)  # fmt: skip
-        if cues:
+        if cues is True:
             outputs.cues = CuesWriter(out_dir / "cues.jsonl")
+        elif cues == "-":
+            outputs.cues = LineWriter()
+        elif cues is not False:
+            outputs.cues = CuesWriter(cues)
         if options.overlay:
             outputs.overlay = OverlayWriter(
                 out_dir / "overlay.mp4", palette=palette(len(class_names)),
@@ -270,6 +326,16 @@ def open_outputs(
         outputs.abort()
         raise
     return outputs
+
+
+def model_record(predictor: Predictor) -> dict[str, Any]:
+    """What a run's record says of its model: task, each class's name and mask value, the
+    input size, the engine and the device (as in ``run.json``)."""
+    meta = predictor.meta
+    return {"task": meta.task,
+            "classes": {name: value for value, name in enumerate(meta.class_names)},
+            "input_size": list(predictor.input_size), "engine": predictor.engine.name,
+            "device": str(predictor.device)}  # fmt: skip
 
 
 def write_stages(outputs: Outputs, *, workers: int) -> list[Stage]:

@@ -2,9 +2,11 @@
 
 Writes into ``out_dir``: ``last.pt`` (every epoch, at the step limit and on Ctrl-C, with
 everything needed to resume exactly), ``best.pt`` (highest validation mIoU; weights and
-metadata only, the file to deliver), ``metrics.csv`` and ``curves.png``. Runs data-parallel
-when a process group is initialised (see :mod:`surgseg.distributed`); only rank 0 writes or
-prints.
+metadata only, the file to deliver), ``metrics.csv``, ``curves.png`` and, with the
+``tensorboard`` package, a TensorBoard log in ``tensorboard/`` (losses, learning rate,
+validation metrics, and a few validation frames with their truth and prediction each epoch).
+Runs data-parallel when a process group is initialised (see :mod:`surgseg.distributed`); only
+rank 0 writes or prints.
 
 Resuming is exact: the data order depends only on (seed, epoch, rank) and each item's
 augmentation only on (seed, epoch, item), whatever the number of loader workers; the
@@ -18,6 +20,7 @@ import csv
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import itertools
 import math
 import platform
@@ -49,10 +52,19 @@ from surgseg.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from surgseg.errors import CheckpointError, ConfigError
 from surgseg.losses import SegmentationLoss
 from surgseg.metrics import SegmentationMetrics
-from surgseg.model import build_model, load_fcn_weights
+from surgseg.model import IMAGENET_WEIGHTS, build_model, imagenet_weights, load_fcn_weights
 from surgseg.schedule import build_scheduler
+from surgseg.tasks import IGNORE_INDEX, palette
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TENSORBOARD_EVERY = 10  # training steps between the per-step loss and learning-rate scalars
+TENSORBOARD_IMAGES = 4  # validation frames shown with their truth and prediction each epoch
+TENSORBOARD_PANEL = 320  # longest side, in pixels, of each frame / truth / prediction panel
+
+
+def tensorboard_available() -> bool:
+    """Whether the ``tensorboard`` package (the optional extra) is installed."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def train(
@@ -81,6 +93,7 @@ def train(
     channels_last: bool = False,
     progress: bool = True,
     val_every: int = 1,
+    tensorboard: bool | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a model described by ``meta``; return its final and best metrics, the output
@@ -114,6 +127,9 @@ def train(
         channels_last: use the channels-last memory format.
         progress: show tqdm bars (rank 0, on a terminal).
         val_every: validate every this many epochs (and after the last).
+        tensorboard: write a TensorBoard log into ``out_dir/tensorboard``: None when the
+            ``tensorboard`` package is installed (silently off without it), True always (an
+            error without the package), False never.
         provenance: extra facts for the checkpoint (command, config, dataset).
     """
     device = torch.device(device)
@@ -134,6 +150,11 @@ def train(
         raise ConfigError(f"epochs and max_steps must be positive, got {epochs} and {max_steps}")
     if seed < 0:
         raise ConfigError(f"seed must be non-negative, got {seed}")
+    if tensorboard and not tensorboard_available():
+        raise ConfigError(
+            "tensorboard=true needs the tensorboard package: pip install tensorboard "
+            "(or surgseg[tensorboard]), or set tensorboard=false"
+        )
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists() and not resume:
         raise ConfigError(
@@ -156,10 +177,14 @@ def train(
     if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
     torch.manual_seed(seed)
+    # A resumed run takes every weight from last.pt: the starting weights are not read.
+    resuming = resume and last_path.exists()
     model = build_model(
-        num_classes=meta.num_classes, backbone_weights=backbone_weights, **meta.model
+        num_classes=meta.num_classes,
+        backbone_weights=None if resuming else backbone_weights,
+        **meta.model,
     )
-    if init_weights is not None:
+    if init_weights is not None and not resuming:
         load_fcn_weights(model, init_weights)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
@@ -170,7 +195,7 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best": None}
     state["history"] = []
-    if resume and last_path.exists():
+    if resuming:
         state = _restore(last_path, meta, settings, model, opt, scheduler, scaler)
     elif resume and main:
         print(f"no {last_path} to resume: starting from scratch", file=sys.stderr)
@@ -187,6 +212,7 @@ def train(
 
     base = {
         **(provenance or {}),
+        "backbone_weights": _describe_weights(backbone_weights, meta.model.get("depth")),
         "git_commit": _git_commit(),
         "versions": _versions(),
         "world_size": world,
@@ -224,6 +250,15 @@ def train(
         )
 
     show = progress and main and sys.stderr.isatty()
+    writer = None
+    if main and (tensorboard or (tensorboard is None and tensorboard_available())):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Resumed: events past the saved step (written after it, then lost) are dropped.
+        writer = SummaryWriter(
+            str(out_dir / "tensorboard"), purge_step=state["step"] if resuming else None
+        )
+    examples = _example_indices(val_set, TENSORBOARD_IMAGES) if writer is not None else []
     loss_sum: torch.Tensor | None = None
     try:
         while state["step"] < total_steps:
@@ -269,6 +304,9 @@ def train(
                     loss_sum += loss.detach()
                     state["batch"] += 1
                     state["step"] += 1
+                if writer is not None and (state["step"] - 1) % TENSORBOARD_EVERY == 0:
+                    writer.add_scalar("train/loss", loss.item(), state["step"])
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state["step"])
                 bar.update()
                 if show and state["batch"] % 10 == 1:
                     bar.set_postfix(
@@ -286,15 +324,18 @@ def train(
                 "step": state["step"],
                 "lr": scheduler.get_last_lr()[0],
                 "train_loss": (loss_mean[0] / loss_mean[1]).item(),
-                "val_miou": None,
+                "val_miou": None,  # the foreground classes (background left out)
+                "val_miou_all": None,  # every class, background included
                 "val_iou": None,
             }
             finished = state["step"] >= total_steps
+            scores: dict[str, Any] | None = None
             if val_set is not None and ((epoch + 1) % val_every == 0 or finished):
                 scores = evaluate(
                     model,
                     val_set,
                     num_classes=meta.num_classes,
+                    task=meta.task,
                     batch_size=batch_size,
                     device=device,
                     num_workers=num_workers,
@@ -303,6 +344,7 @@ def train(
                     progress=show,
                 )
                 row["val_miou"], row["val_iou"] = scores["miou"], scores["iou"]
+                row["val_miou_all"] = scores["miou_all"]
             row["time_s"] = time.perf_counter() - started
             improved = row["val_miou"] is not None and (
                 state["best"] is None or row["val_miou"] > state["best"]
@@ -322,6 +364,12 @@ def train(
                     checkpoint(best_path, resumable=False)
                 _write_csv(out_dir / "metrics.csv", state["history"], meta.class_names)
                 _log(row, epochs)
+            if writer is not None:
+                _log_tensorboard(writer, row, scores, meta.class_names, state["step"])
+                if scores is not None and examples:
+                    grid = _example_grid(model, val_set, examples, meta, device, amp, memory_format)
+                    writer.add_image("val/examples", grid, state["step"], dataformats="HWC")
+                writer.flush()
     except KeyboardInterrupt:
         if main:
             if state["batch"] and loss_sum is not None:
@@ -329,6 +377,9 @@ def train(
             checkpoint(last_path, resumable=True)
             print(f"interrupted: saved {last_path}", file=sys.stderr)
         raise
+    finally:
+        if writer is not None:
+            writer.close()
 
     curves = out_dir / "curves.png"
     if main:
@@ -355,6 +406,7 @@ def evaluate(
     dataset: Dataset,
     *,
     num_classes: int,
+    task: str | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
@@ -380,7 +432,7 @@ def evaluate(
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),
     )
-    metrics = SegmentationMetrics(num_classes)
+    metrics = SegmentationMetrics(num_classes, task=task)
     was_training = model.training
     model.eval()
     for images, targets in tqdm(loader, desc="validate", disable=not progress, leave=False):
@@ -392,6 +444,91 @@ def evaluate(
     ddp.all_reduce_sum(metrics.confusion)
     ddp.all_reduce_sum(metrics.frame_stats)
     return metrics.compute()
+
+
+def _describe_weights(weights: str | Path | None, depth: int | None) -> str | None:
+    """What the backbone started from, for the checkpoint: torchvision's enum member for a
+    weights name (``ResNet101_Weights.IMAGENET1K_V2``), else the file as given."""
+    if isinstance(weights, str) and weights in IMAGENET_WEIGHTS and depth is not None:
+        member = imagenet_weights(weights, depth)
+        return f"{type(member).__name__}.{member.name}"
+    return None if weights is None else str(weights)
+
+
+def _log_tensorboard(
+    writer: Any,
+    row: dict[str, Any],
+    scores: dict[str, Any] | None,
+    class_names: list[str],
+    step: int,
+) -> None:
+    """An epoch's scalars: the mean training loss (over all processes), the epoch's time and
+    the validation metrics. (``train/loss``, rank 0's batch loss, and ``train/lr`` come every
+    ``TENSORBOARD_EVERY`` steps.)"""
+    writer.add_scalar("train/loss_epoch", row["train_loss"], step)
+    writer.add_scalar("train/epoch_time_s", row["time_s"], step)
+    if scores is None:
+        return
+    for key in ("miou", "mdice", "challenge_iou", "frame_iou", "pixel_accuracy",
+                "balanced_accuracy"):  # fmt: skip
+        if scores.get(key) is not None:
+            writer.add_scalar(f"val/{key}", scores[key], step)
+    for name, iou in zip(class_names, scores["iou"], strict=True):
+        if iou is not None:
+            writer.add_scalar(f"val/iou/{name}", iou, step)
+
+
+def _example_indices(dataset: Dataset | None, count: int) -> list[int]:
+    """``count`` items spread evenly over ``dataset`` (the same ones every epoch)."""
+    if dataset is None or len(dataset) == 0:
+        return []
+    return sorted({round(x) for x in np.linspace(0, len(dataset) - 1, min(count, len(dataset)))})
+
+
+@torch.no_grad()
+def _example_grid(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: list[int],
+    meta: CheckpointMeta,
+    device: torch.device,
+    amp: str | None,
+    memory_format: torch.memory_format,
+) -> np.ndarray:
+    """One row per item: the frame, its ground truth and the model's prediction coloured in
+    (``surgseg.tasks.palette``; ignore pixels grey), as an H×W×3 uint8 image."""
+    import cv2
+
+    colours = palette(meta.num_classes).astype(np.float32)
+    mean, std = np.array(meta.mean, np.float32), np.array(meta.std, np.float32)
+    was_training = model.training
+    model.eval()
+    rows = []
+    for i in indices:
+        image, target = dataset[i]
+        x = image[None].to(device, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=AMP_DTYPES.get(amp), enabled=amp is not None):
+            pred = model(x)["out"].argmax(1)[0].cpu().numpy()
+        frame = (image.permute(1, 2, 0).numpy() * std + mean) * 255
+        panels = [frame] + [_coloured(frame, np.asarray(m), colours) for m in (target, pred)]
+        scale = min(1.0, TENSORBOARD_PANEL / max(frame.shape[:2]))
+        size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
+        if rows and size != (rows[0].shape[1] // 3, rows[0].shape[0]):
+            size = (rows[0].shape[1] // 3, rows[0].shape[0])
+        rows.append(np.concatenate([cv2.resize(p, size, interpolation=cv2.INTER_AREA)
+                                    for p in panels], axis=1))  # fmt: skip
+    model.train(was_training)
+    return np.clip(np.concatenate(rows, axis=0), 0, 255).astype(np.uint8)
+
+
+def _coloured(frame: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """``frame`` (float RGB 0..255) with each labelled pixel blended with its class colour;
+    ignore pixels grey."""
+    out = frame.copy()
+    labelled = (mask > 0) & (mask != IGNORE_INDEX)
+    out[labelled] = 0.35 * frame[labelled] + 0.65 * colours[mask[labelled]]
+    out[mask == IGNORE_INDEX] = 128
+    return out
 
 
 def _train_loader(
@@ -546,14 +683,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _write_csv(path: Path, history: list[dict[str, Any]], class_names: list[str]) -> None:
-    header = ["epoch", "step", "lr", "train_loss", "val_miou"]
+    # val_miou: mean IoU of the foreground classes (background left out); val_miou_all: of all
+    # the classes, background included
+    header = ["epoch", "step", "lr", "train_loss", "val_miou", "val_miou_all"]
     header += [f"val_iou_{name}" for name in class_names] + ["time_s"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in history:
             ious = row["val_iou"] or [None] * len(class_names)
-            values = [row["epoch"], row["step"], row["lr"], row["train_loss"], row["val_miou"]]
+            values = [row["epoch"], row["step"], row["lr"], row["train_loss"], row["val_miou"],
+                      row.get("val_miou_all")]  # fmt: skip
             writer.writerow(values + ious + [round(row["time_s"], 3)])
 
 
@@ -583,7 +723,7 @@ def _plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _log(row: dict[str, Any], epochs: int) -> None:
-    val = "" if row["val_miou"] is None else f"  val mIoU {row['val_miou']:.4f}"
+    val = "" if row["val_miou"] is None else f"  val mIoU (foreground) {row['val_miou']:.4f}"
     print(
         f"epoch {row['epoch']}/{epochs}  step {row['step']}  loss {row['train_loss']:.4f}"
         f"  lr {row['lr']:.2e}{val}  ({row['time_s']:.1f}s)",

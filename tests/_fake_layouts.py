@@ -62,6 +62,66 @@ def make_endovis2017(
     return root
 
 
+# The released EndoVis 2017 test labels: one folder per task (TEST_GT) and the value each
+# TOOLS_2017 folder takes in it (binary leaves "Other" out, as the training labels do).
+TEST_GT = ("BinarySegmentation", "PartsSegmentation", "TypeSegmentation")
+TEST_TYPES = {"Left_Prograsp_Forceps_labels": 2, "Maryland_Bipolar_Forceps_labels": 1,
+              "Other_labels": 7}  # fmt: skip
+
+
+def archive_of(video: int) -> str:
+    """The test frame archive a video comes in."""
+    return {1: "instrument_1_4_testing", 5: "instrument_5_8_testing",
+            9: "instrument_9_10_testing"}[1 if video <= 4 else 5 if video <= 8 else 9]  # fmt: skip
+
+
+def ev17_test_frame_names(video: int, frames: int) -> list[str]:
+    """Test frames are frame225… for videos 1–8 (after their 225 training frames), frame000…
+    for videos 9 and 10."""
+    first = 225 if video <= 8 else 0
+    return [f"frame{first + f:03d}.png" for f in range(frames)]
+
+
+def write_ev17_test_frame(
+    root: Path, video: int, name: str, image: np.ndarray, labels: dict[str, np.ndarray]
+) -> None:
+    """One frame of the test layout as released: the image in its frame archive's folder,
+    the labels (``{TEST_GT folder: mask}``) under ``instrument_2017_test/instrument_2017_test``."""
+    folder = f"instrument_dataset_{video}"
+    write_png(root / archive_of(video) / folder / "left_frames" / name, image)
+    gt = root / "instrument_2017_test" / "instrument_2017_test" / folder / "gt"
+    for task_folder, mask in labels.items():
+        write_png(gt / task_folder / name, mask)
+
+
+def make_endovis2017_test(
+    root: Path,
+    *,
+    videos: Sequence[int] = (1, 9),
+    frames: int = 2,
+    crop: Crop = SMALL_CROP,
+    empty: Sequence[int] = (),
+) -> Path:
+    """The EndoVis 2017 test layout as its archives unpack: frames of each video under its
+    archive folder, labels of every task under ``instrument_2017_test``. The tools of
+    ``TOOLS_2017`` sit inside ``crop``; frames numbered in ``empty`` (0-based) have none."""
+    for v in videos:
+        for f, name in enumerate(ev17_test_frame_names(v, frames)):
+            binary = np.zeros((crop.height, crop.width), np.uint8)
+            parts, types = binary.copy(), binary.copy()
+            if f not in empty:
+                for tool, regions in TOOLS_2017.items():
+                    for rows, cols, value in regions:
+                        parts[rows, cols] = value
+                        types[rows, cols] = TEST_TYPES[tool]
+                        if tool != "Other_labels":
+                            binary[rows, cols] = 255
+            labels = dict(zip(TEST_GT, (crop.undo(m) for m in (binary, parts, types)), strict=True))
+            image = pattern(crop.full_height, crop.full_width, v + f)
+            write_ev17_test_frame(root, v, name, image, labels)
+    return root
+
+
 # EndoVis 2015 mask levels at known blocks (rows, cols) of 48×64 frames.
 SHAFT_BLOCK = (slice(8, 24), slice(8, 32))
 MANIPULATOR_BLOCK = (slice(24, 40), slice(32, 56))

@@ -3,20 +3,24 @@ locations, start-up. Each check runs the real console script in a subprocess."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from surgseg.apps import cli_errors
+from surgseg.apps import APPS, CONF_DIR
+from tests._full_disk import on_a_full_disk
 
 BIN = Path(sys.executable).parent
+NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                             reason="this machine has CUDA")  # fmt: skip
 
 
 def app(name: str, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -24,8 +28,8 @@ def app(name: str, *args: str, timeout: float = 120, **kw) -> subprocess.Complet
                           timeout=timeout, **kw)  # fmt: skip
 
 
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str, status: int = 2) -> str:
+    assert proc.returncode == status, proc.stderr
     assert "Traceback" not in proc.stderr and "Hydra" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -64,11 +68,50 @@ def test_bad_values_name_their_key_before_any_work(setting, needle, make_checkpo
     assert not out.exists()
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+@NO_CUDA
 def test_cuda_without_a_gpu_is_one_line(make_checkpoint, tmp_path):
     proc = app("infer", "input=x.mp4", f"checkpoint={make_checkpoint()}",
                f"output_dir={tmp_path}", "device=cuda")  # fmt: skip
     one_line_error(proc, "device=cuda", "no CUDA GPU")
+    # before any output folder is made or any data generated
+    for name, args in (("train", (f"data.root={tmp_path}",)), ("demo", ())):
+        out = tmp_path / name
+        one_line_error(app(name, *args, f"output_dir={out}", "device=cuda"),
+                       "device=cuda", "no CUDA GPU")  # fmt: skip
+        assert not out.exists()
+
+
+def test_export_refuses_a_device_it_would_ignore(make_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    proc = app("export", f"checkpoint={make_checkpoint()}", f"output_dir={out}", "device=cuda")
+    one_line_error(proc, "device=cuda", "CPU only")
+    assert not out.exists()
+
+
+def test_resume_without_a_run_names_every_missing_setting(tmp_path):
+    from surgseg.apps import check_command_line
+    from surgseg.apps.train import run
+    from surgseg.errors import ConfigError
+
+    out = tmp_path / "run"
+    one_line_error(app("train", f"output_dir={out}", "resume=true"),
+                   "missing required setting(s): data.root (add data.root=...")  # fmt: skip
+    one_line_error(app("train", "resume=true"),
+                   "missing required setting(s): data.root, output_dir")  # fmt: skip
+    assert not out.exists()
+    # run() itself, as the demo calls it, checks them before it claims the folder
+    cfg = check_command_line("train", [f"output_dir={out}", "resume=true"], may_miss=lambda c: True)
+    with pytest.raises(ConfigError, match=r"missing required setting\(s\): data\.root \("):
+        run(cfg)
+    assert not out.exists()
+
+
+def test_a_new_run_into_a_folder_holding_one_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    one_line_error(app("train", f"output_dir={out}"), str(out), "already holds a training run")
+    assert [p.name for p in out.iterdir()] == ["last.pt"]
 
 
 def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
@@ -89,37 +132,148 @@ def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
         one_line_error(proc, str(where), needle)
 
 
-def test_a_second_process_is_refused_the_same_output_folder(make_checkpoint, tmp_path):
+@pytest.mark.parametrize("name", ["infer", "train", "export", "stream"])
+def test_a_second_process_is_refused_the_same_output_folder(name, make_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    ckpt = make_checkpoint()
+    args = {"infer": ("input=x.mp4", f"checkpoint={ckpt}", f"output_dir={out}"),
+            "train": (f"data.root={tmp_path}", f"output_dir={out}"),
+            "export": (f"checkpoint={ckpt}", f"output_dir={out}"),
+            "stream": ("input=x.mp4", f"checkpoint={ckpt}",
+                       f"output={out}/cues.jsonl")}[name]  # fmt: skip
     fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # what a first surgseg process holds while it writes
     try:
-        proc = app("infer", "input=x.mp4", f"checkpoint={make_checkpoint()}", f"output_dir={out}")
-        one_line_error(proc, str(out), "another surgseg process")
+        one_line_error(app(name, *args), str(out), "another surgseg process")
     finally:
         os.close(fd)
+    assert list(out.iterdir()) == []
 
 
-def test_a_full_disk_is_one_line(capsys):
-    @cli_errors("surgseg-x")
-    def write() -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", "out/case.mp4/overlay.mp4")
+@pytest.mark.parametrize("name", ["infer", "stream", "export", "train"])
+def test_a_full_disk_is_one_line_naming_the_file(name, make_checkpoint, tmp_path):
+    """A real full filesystem (a filled tmpfs), not a simulated error."""
+    from surgseg.synthetic import write_clip
 
-    with pytest.raises(SystemExit) as exit_info:
-        write()
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err == "surgseg-x: error: out/case.mp4/overlay.mp4: No space left on device"
+    ckpt, out = make_checkpoint(), tmp_path / "full"
+    at = re.escape(str(out))
+    for clip in {"train": ("c0", "c1"), "export": ()}.get(name, ("c0",)):
+        write_clip(tmp_path / "clips" / clip, num_frames=4, width=80, height=64)
+    video = tmp_path / "clips" / "c0" / "video.mp4"
+    args, written = {
+        "infer": ((f"input={video}", f"checkpoint={ckpt}", f"output_dir={out}", "progress=false"),
+                  rf"{at}/video\.mp4/\S+"),
+        "stream": ((f"input={video}", f"checkpoint={ckpt}", f"output={out}/cues.jsonl",
+                    "realtime=false"), rf"{at}/cues\.jsonl"),
+        "export": ((f"checkpoint={ckpt}", f"output_dir={out}"), rf"{at}/binary\.onnx"),
+        "train": (("+experiment=synthetic_resnet18", f"data.root={tmp_path / 'clips'}",
+                   "data.val_videos=[c1]", "input_size=[64,80]", "crop_size=[32,40]",
+                   "batch_size=2", "max_steps=1", "warmup_steps=0", "progress=false",
+                   "tensorboard=false", f"output_dir={out}"), rf"{at}/last\.pt"),
+    }[name]  # fmt: skip
+    proc = on_a_full_disk(out, str(BIN / f"surgseg-{name}"), *args)
+    line = one_line_error(proc, status=1)
+    assert re.fullmatch(f"surgseg-{name}: error: {written}: No space left on device", line), line
 
 
-def test_help_shows_the_apps_own_settings():
-    proc = app("infer", "--help")
-    assert proc.returncode == 0
-    assert "batch_size: 4" in proc.stdout and "cues.min_area=50" in proc.stdout
-    assert "# pixels; smaller components" in proc.stdout  # the comments
-    for unused in ("model=", "optim=", "augment="):
-        assert unused not in proc.stdout
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_help_shows_the_apps_own_settings(name):
+    proc = app(name, "--help")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    text = proc.stdout
+    assert "\n  device: cpu" in text and "\n  seed: 0" in text  # conf/common.yaml, in every app
+    groups = re.findall(r"^(\S+)=(\S+) \(one of: (.*)\); its settings: (\S+)\.<key>=value "
+                        r"\(see (\S+)\)$", text, re.MULTILINE)  # fmt: skip
+    assert len(groups) == text.count("(one of:")
+    for entry, default, options, key, yaml in groups:
+        group, _, package = entry.partition("@")
+        assert key == (package or group) and default in options.split(", "), entry
+        assert (Path(CONF_DIR).parent / yaml).is_file() and yaml == f"conf/{group}/{default}.yaml"
+    if name == "infer":
+        assert "batch_size: 4" in text and "cues.min_area=50" in text
+        assert "# pixels; smaller components" in text  # the comments
+        for unused in ("model=", "optim=", "augment@"):
+            assert unused not in text
+    if name == "train":
+        assert ("augment@augment.train=train (one of: eval, train); its settings: "
+                "augment.train.<key>=value (see conf/augment/train.yaml)") in text  # fmt: skip
+
+
+def test_hydra_flags_still_refuse_unknown_keys():
+    one_line_error(app("infer", "--cfg", "job", "batchsize=4"), "'batchsize'", "batch_size")
+    one_line_error(app("train", "-c", "job", "+batchsize=4"), "'batchsize'", "batch_size")
+    one_line_error(app("infer", "--info", "defaults", "engine=trt"), "engine=trt", "tensorrt")
+    # showing the config needs none of the required settings
+    proc = app("infer", "--cfg", "job", "batch_size=3")
+    assert proc.returncode == 0 and "batch_size: 3" in proc.stdout, proc.stderr
+    proc = app("train", "--cfg", "job", "--package", "optim", "optim.lr=0.5")
+    assert proc.returncode == 0 and "lr: 0.5" in proc.stdout, proc.stderr
+    assert app("train", "--info", "defaults").returncode == 0
+    assert app("infer", "--version").stdout.count("Hydra") == 1
+
+
+def test_training_logs_say_the_miou_leaves_out_background(tmp_path, capsys):
+    from surgseg.train import _log, _write_csv
+
+    row = {"epoch": 1, "step": 4, "lr": 1e-3, "train_loss": 0.5, "val_miou": 0.25,
+           "val_miou_all": 0.5, "val_iou": [0.75, 0.25], "time_s": 1.0}  # fmt: skip
+    _log(row, 2)
+    assert "val mIoU (foreground) 0.2500" in capsys.readouterr().out
+    _write_csv(tmp_path / "metrics.csv", [row], ["background", "tool"])
+    header, values = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header.split(",")[4:6] == ["val_miou", "val_miou_all"]
+    assert values.split(",")[4:6] == ["0.25", "0.5"]
+    readme = (Path(CONF_DIR).parent / "README.md").read_text()
+    assert "`val_miou` is the mean IoU of the foreground classes" in readme
+    assert "`miou_all` includes background" in readme  # what val_miou_all follows
+
+
+def test_eval_checks_its_output_folder_before_evaluating(make_checkpoint, tmp_path, monkeypatch):
+    import surgseg.evaluate
+    from surgseg.apps import check_command_line
+    from surgseg.apps.eval import run
+    from surgseg.errors import ConfigError
+    from surgseg.synthetic import write_clip
+
+    write_clip(tmp_path / "clips" / "c0", num_frames=1, width=64, height=64)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated before the output folder was checked")
+
+    monkeypatch.setattr(surgseg.evaluate, "evaluate", evaluate)
+    cfg = check_command_line("eval", [f"checkpoint={make_checkpoint()}", f"output_dir={a_file}",
+                                      f"data.root={tmp_path / 'clips'}"])  # fmt: skip
+    with pytest.raises(ConfigError, match="is a file"):
+        run(cfg)
+
+
+def _first_overlay_frame(out: Path) -> np.ndarray:
+    import av
+
+    (overlay,) = out.rglob("overlay.mp4")
+    with av.open(str(overlay)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+
+
+def test_overlay_legend_false_reaches_the_overlay(make_checkpoint, tmp_path):
+    from surgseg.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "clip", num_frames=2, width=160, height=128)
+    frames = {}
+    for legend in ("true", "false"):
+        out = tmp_path / f"legend_{legend}"
+        subprocess.run([str(BIN / "surgseg-infer"), f"input={clip / 'video.mp4'}",
+                        f"checkpoint={make_checkpoint()}", f"output_dir={out}", "progress=false",
+                        "outputs.masks=null", "outputs.overlay_scale=1",
+                        f"outputs.overlay_legend={legend}"],
+                       check=True, capture_output=True, timeout=300)  # fmt: skip
+        frames[legend] = _first_overlay_frame(out)
+    corner = np.abs(frames["true"][:16, :16] - frames["false"][:16, :16]).mean()
+    bottom = np.abs(frames["true"][112:] - frames["false"][112:]).mean()
+    assert corner > 20 and bottom < 3, (corner, bottom)
 
 
 def test_import_loads_only_what_it_uses():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -26,6 +27,8 @@ from surgseg.bench import (
     collect,
     model_flops,
     random_predictor,
+    report_chart,
+    report_markdown,
     write_report,
 )
 from surgseg.decode import read_frames
@@ -68,6 +71,14 @@ def test_bench_measures_every_stage_and_end_to_end(make_checkpoint, clip, tmp_pa
     assert e2e["peak_rss_mb"] > 50 and e2e["gpu_util_percent"] is None
     assert e2e["latency_ms"]["p99"] >= e2e["latency_ms"]["p50"] > 0
     assert result["compute"]["gflops_per_frame"] > 0 and result["compute"]["percent_of_roof"] > 0
+    assert result["end_to_end_vs_model"] == pytest.approx(
+        e2e["fps"] / alone["engine"]["fps"], rel=1e-2)
+    host = result["machine"]
+    assert host["gpu"] is None  # on the CPU; the GPU's name on CUDA
+    assert host["cpu_cores"] == os.cpu_count() and len(host["load_avg_before"]) == 3
+    assert host["software"]["torch"] == torch.__version__ and host["software"]["opencv"]
+    if Path("/proc/cpuinfo").is_file():
+        assert host["cpu"]  # 'model name' of /proc/cpuinfo
     assert not (tmp_path / "scratch").exists()
 
 
@@ -161,3 +172,94 @@ def test_app_takes_the_checkpoints_task_and_a_stand_in(make_checkpoint, tmp_path
     with np.load(video.parent / "masks.npz") as truth:  # the clip's ground truth, delivered
         np.testing.assert_array_equal(np.stack([p.mask for p in standin.predictions]),
                                       truth["parts"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=0", "batch_size must be an integer ≥ 1, got 0"),
+        ("input_size=[10,10]", "input_size must be"),
+        ("input_size=null", "input_size is needed"),
+        ("held_frames=0", "held_frames"),
+        ("queue_size=-1", "queue_size"),
+        ("max_frames=0", "max_frames"),
+        ("torch_threads=0", "torch_threads"),
+        ("standin_fps=0", "standin_fps must be a positive number"),
+        ("standin_fps=fast", "standin_fps must be a positive number"),
+        ("flops=maybe", "flops must be true or false"),
+        ("task=organs", "unknown task"),
+        ("clip.width=81", "even"),
+        ("clip.frames=0", "clip.frames"),
+        ("workers.locate=0", "workers.locate"),
+        ("input=/no/such/video.mp4", "no such file"),
+    ],
+)
+def test_app_checks_every_setting_before_any_work(tmp_path, override, message):
+    """``standin_fps=500 batch_size=0`` used to crash inside the stand-in (``range()`` with a
+    step of 0), and batch_size and input_size were checked only after the run folder and the
+    synthetic clip were made: every setting is now checked first, and nothing is left."""
+    from surgseg.errors import SurgsegError
+
+    cfg = _compose([f"output_dir={tmp_path}/bench", f"run_dir={tmp_path}/bench/run", *SMALL,
+                    "standin_fps=500", override])  # fmt: skip
+    with pytest.raises(SurgsegError, match=message):
+        run(cfg)
+    assert not (tmp_path / "bench").exists()  # no run folder, no clip
+
+
+def _fake_result(decode_fps: float = 60.0, engine_fps: float = 90.0) -> dict:
+    """The fields of a bench.json the report reads."""
+    stage = {"fps": 100.0, "ms_per_frame": 10.0, "core_ms_per_frame": 12.0}
+    alone = {name: dict(stage) for name in (*STAGES, "engine")}
+    alone["decode"]["fps"], alone["engine"]["fps"] = decode_fps, engine_fps
+    return {
+        "model": {"engine": "torch", "device": "cpu", "input_size": [256, 320]},
+        "batch_size": 4, "workers": {"locate": 2, "render": 2}, "stages_alone": alone,
+        "end_to_end": {"fps": 80.0, "latency_ms": {"p50": 40.0, "p99": 60.0},
+                       "peak_rss_mb": 900.0, "peak_gpu_mem_mb": None, "gpu_util_percent": None},
+        "bound": {"fps": 90.0, "limited_by": "cpu", "core_ms_per_frame": 70.0},
+        "end_to_end_vs_bound": 0.889, "end_to_end_vs_model": 0.889, "cpu_cores": 2,
+        "machine": {"cpu": "Some CPU @ 2.0GHz", "cpu_cores": 2, "gpu": "NVIDIA H100",
+                    "load_avg_before": [0.1, 0.2, 0.3],
+                    "software": {"torch": "2.9", "opencv": "4.12", "av": "14", "ffmpeg": "61.1"}},
+    }  # fmt: skip
+
+
+def test_report_markdown_keeps_its_paragraphs_out_of_its_tables():
+    md = report_markdown([("a", _fake_result()), ("b", _fake_result(decode_fps=5000.0))])
+    lines = md.splitlines()
+    for before, after in itertools.pairwise(lines):
+        if before.startswith("|"):  # a table row is followed by a row or a blank line
+            assert after.startswith("|") or after == "", (before, after)
+        if after.startswith("|") and not before.startswith("|"):
+            assert before == ""  # and preceded by one
+    headers = [line for line in lines if line.startswith("| run |")]
+    assert len(headers) == 3  # rates, per-frame costs, machine
+    assert "e2e/model" in headers[0] and "0.889" in md
+    row = "| a | Some CPU @ 2.0GHz | 2 | NVIDIA H100 | 0.1/0.2/0.3 | 2.9 | 4.12 | 14 (61.1) |"
+    assert row in md
+    assert "| b |" in md and "5000.0" in md
+
+
+def test_report_chart_cuts_the_axis_and_labels_every_bar(tmp_path):
+    """A very fast stage (decode at 5,000 fps beside 80 fps end to end) is cut at 1.2 × the
+    largest end-to-end or bound rate, hatched and labelled with its value; every other bar
+    carries its value."""
+    import matplotlib.pyplot as plt
+
+    runs = [("slow", _fake_result()), ("fast decode", _fake_result(decode_fps=5000.0))]
+    fig = report_chart(runs)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert "5000.0 ▸" in labels  # the cut bar, with its value
+    assert labels.count("60.0") == 1 and labels.count("80.0") == 2 and "90.0" in labels
+    assert len(labels) == len(runs) * 9  # 6 stages, engine only, end to end, bound
+    assert ax.get_xlim()[1] <= 1.2 * 90.0 * 1.15  # not 5,000
+    assert max(p.get_width() for p in ax.patches) == pytest.approx(1.2 * 90.0)
+    plt.close(fig)
+    for label, result in runs:
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "bench.json").write_text(json.dumps(result))
+    md, png = write_report(tmp_path)
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 200 and md.read_text().startswith("# ")

@@ -1,8 +1,11 @@
+import sys
+
 import pytest
 import torch
 
 from surgseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from surgseg.errors import CheckpointError
+from tests._full_disk import on_a_full_disk
 
 
 def test_round_trip_is_self_contained(make_checkpoint):
@@ -55,3 +58,20 @@ def test_weights_that_do_not_fit_the_stored_config(make_checkpoint):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_checkpoint(path)
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file(make_checkpoint, tmp_path):
+    """Not torch's RuntimeError from inside its zip writer: what ``cli_errors`` makes one line of,
+    and no partial file left behind."""
+    source, out = make_checkpoint(), tmp_path / "full"
+    code = ("import errno, os, sys\n"
+            "from surgseg.checkpoint import load_checkpoint, save_checkpoint\n"
+            "model, meta = load_checkpoint(sys.argv[1])\n"
+            "try:\n"
+            "    save_checkpoint(sys.argv[2], model=model, meta=meta)\n"
+            "except OSError as exc:\n"
+            "    print(errno.errorcode[exc.errno], exc.filename)\n"
+            "print(sorted(os.listdir(os.path.dirname(sys.argv[2]))))\n")  # fmt: skip
+    proc = on_a_full_disk(out, sys.executable, "-c", code, str(source), str(out / "last.pt"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"ENOSPC {out / 'last.pt'}", "['filler']"]

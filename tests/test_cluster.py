@@ -121,7 +121,7 @@ def test_a_worker_that_keeps_dying_fails_its_video_once(local_cluster, make_chec
     summary = run(_cfg(input=tmp_path / "in", checkpoint=make_checkpoint(), output_dir=out,
                        **{"ray.workers": 1, "ray.max_retries": 1}))  # fmt: skip
     ((video, reason),) = summary.failed
-    assert video.name == "poison.mp4" and "died 2 time(s)" in reason
+    assert video.name == "poison.mp4" and "also after 1 restart(s)" in reason
     assert json.loads((out / "poison.mp4/failed.json").read_text())["reason"] == reason
     again = run(_cfg(input=tmp_path / "in", checkpoint=make_checkpoint(), output_dir=out,
                      **{"ray.workers": 1, "ray.max_retries": 1}))  # fmt: skip

@@ -14,6 +14,7 @@ from _fake_layouts import (
     TOOLS_2017,
     make_endovis2015,
     make_endovis2017,
+    make_endovis2017_test,
     make_generic,
     pattern,
     write_png,
@@ -121,6 +122,82 @@ def test_endovis2017_folds(tmp_path: Path):
     with pytest.raises(DatasetError, match="fold"):
         _ev17(root, "binary", fold=4)
     assert len(_ev17(root, "binary", videos=[3, "instrument_dataset_5"])) == 2
+
+
+def _ev17_test(root: Path, task: str, **kwargs):
+    return build_dataset("endovis2017", root=root, task=task, crop=CROP, split="test", **kwargs)
+
+
+def test_endovis2017_test_layout_as_released(tmp_path: Path):
+    """Frames 225… of videos 1–8 and 000… of 9–10 from the frame archives, the labels of each
+    task from instrument_2017_test/…/gt/<Task>Segmentation, found wherever they were unpacked."""
+    root = make_endovis2017_test(tmp_path / "test", videos=(1, 5, 9, 10), frames=2)
+    binary, parts, types = (_ev17_test(root, t) for t in ("binary", "parts", "types"))
+    assert [(binary.video_of(i), binary.name_of(i)) for i in range(len(binary))] == [
+        ("instrument_dataset_1", "frame225.png"),
+        ("instrument_dataset_1", "frame226.png"),
+        ("instrument_dataset_5", "frame225.png"),
+        ("instrument_dataset_5", "frame226.png"),
+        ("instrument_dataset_9", "frame000.png"),
+        ("instrument_dataset_9", "frame001.png"),
+        ("instrument_dataset_10", "frame000.png"),
+        ("instrument_dataset_10", "frame001.png"),
+    ]
+    image, b = binary[2]
+    frames = root / "instrument_5_8_testing/instrument_dataset_5/left_frames/frame225.png"
+    np.testing.assert_array_equal(image, cv2.cvtColor(cv2.imread(str(frames)), 4)[2:18, 4:28])
+    _, p = parts[2]
+    _, t = types[2]
+    # Prograsp forceps: rows 0-3 shaft, 4-5 wrist, 6-7 clasper; bipolar: a shaft block;
+    # "Other" (value 40 in parts, 7 in types) only in types.
+    other = (slice(0, 4), slice(18, 24))
+    assert (b[0, 0], b[7, 5], b[12, 12], b[9, 9], b[other].max()) == (1, 1, 1, 0, 0)
+    assert (p[0, 0], p[5, 3], p[7, 5], p[12, 12], p[9, 9], p[other].max()) == (
+        SHAFT, WRIST, CLASPER, SHAFT, 0, 0
+    )  # fmt: skip
+    assert (t[0, 0], t[7, 5], t[12, 12], t[9, 9], t[other].min()) == (2, 2, 1, 0, 7)
+    tool_pixels = sum(r.stop - r.start for r, _, _ in TOOLS_2017["Left_Prograsp_Forceps_labels"])
+    assert b.sum() == tool_pixels * 6 + 4 * 6  # the stray pixel outside the crop is cut away
+    preflight(types)
+
+
+def test_endovis2017_test_folds_and_videos(tmp_path: Path):
+    root = make_endovis2017_test(tmp_path, videos=range(1, 11), frames=1)
+    everything = _ev17_test(root, "binary")
+    assert len(everything) == 10
+    for fold, held_out in ENDOVIS2017_FOLDS.items():
+        ds = _ev17_test(root, "binary", fold=fold)
+        assert [ds.video_of(i) for i in range(len(ds))] == [
+            f"instrument_dataset_{v}" for v in held_out
+        ]
+    ds = _ev17_test(root, "types", videos=[9, "instrument_dataset_10"])
+    assert [ds.name_of(i) for i in range(len(ds))] == ["frame000.png", "frame000.png"]
+
+
+def test_endovis2017_test_layout_errors_name_the_place(tmp_path: Path):
+    root = make_endovis2017_test(tmp_path / "test", videos=(2,), frames=2)
+    with pytest.raises(DatasetError, match="no instrument_dataset_3/left_frames"):
+        _ev17_test(root, "binary", videos=[3])
+    label = root / "instrument_2017_test/instrument_2017_test/instrument_dataset_2/gt"
+    (label / "TypeSegmentation/frame226.png").unlink()
+    with pytest.raises(DatasetError, match=f"{label}/TypeSegmentation/frame226.png: mask not"):
+        preflight(_ev17_test(root, "types"))
+    bad = label / "PartsSegmentation/frame225.png"
+    mask = cv2.imread(str(bad), cv2.IMREAD_GRAYSCALE)
+    mask[5, 5] = 50
+    write_png(bad, mask)
+    with pytest.raises(DatasetError, match=rf"{bad}: mask values \[50\]"):
+        preflight(_ev17_test(root, "parts"))
+    (label / "BinarySegmentation").rename(label / "Binary")
+    with pytest.raises(DatasetError, match="no BinarySegmentation labels for task binary"):
+        _ev17_test(root, "binary")
+    # A second copy of a video's frames is ambiguous.
+    copy = tmp_path / "test/extra/instrument_dataset_2/left_frames"
+    copy.mkdir(parents=True)
+    with pytest.raises(DatasetError, match="instrument_dataset_2/left_frames found twice"):
+        _ev17_test(root, "types")
+    with pytest.raises(DatasetError, match="split 'test' is for endovis2017 only"):
+        build_dataset("generic", root=root, task="binary", split="test")
 
 
 def test_endovis2015_snaps_noisy_levels(tmp_path: Path):

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from surgseg.checkpoint import load_checkpoint, read_checkpoint
-from surgseg.train import evaluate
+from surgseg.train import evaluate, tensorboard_available
 from tests._train_utils import ddp_worker, rectangles
 
 
@@ -27,12 +27,11 @@ def test_two_processes_end_with_identical_weights_and_one_set_of_outputs(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = read_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.equal(a[k], saved["state_dict"][k]) for k in a)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "best.pt",
-        "curves.png",
-        "last.pt",
-        "metrics.csv",
-    ]
+    logs = ["tensorboard"] if tensorboard_available() else []  # written by rank 0 only
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(
+        ["best.pt", "curves.png", "last.pt", "metrics.csv", *logs])
+    if logs:
+        assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     # 8 images over 2 processes of batch 4: one step per epoch.
     assert saved["train_state"]["step"] == 2 and saved["meta"]["provenance"]["world_size"] == 2
 

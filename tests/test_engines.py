@@ -1,10 +1,13 @@
-"""Engines behind create_engine: torch and ONNX Runtime on the CPU; the TensorRT logic that
-needs no GPU (cache keys and names, the cross-process build lock, profiles, version handling,
-capability checks, builder settings); clear errors for missing backends and bad options;
-TensorRT, ONNX Runtime CUDA and torch CUDA paths on a GPU."""
+"""Engines behind create_engine: torch and ONNX Runtime on the CPU; the TensorRT engine end to
+end on the CPU against a strict fake of the TensorRT 10/11 Python API (build, timing cache,
+profile, DLA, 256-byte aligned addresses, refusals, execute_async_v3 on the engine's stream);
+the TensorRT logic that needs no GPU (cache keys and names, the cross-process build lock,
+profiles, version handling, capability checks, builder settings); clear errors for missing
+backends and bad options; TensorRT, ONNX Runtime CUDA and torch CUDA paths on a GPU."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -13,16 +16,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _engine_utils import sharpen_checkpoint
+from _engine_utils import (
+    FAKE_CACHE,
+    CpuStream,
+    fake_tensorrt,
+    run_tensorrt_on_cpu,
+    sharpen,
+    sharpen_checkpoint,
+)
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import surgseg
 from surgseg.apps import CONF_DIR
-from surgseg.checkpoint import load_checkpoint
+from surgseg.checkpoint import CheckpointMeta, load_checkpoint
 from surgseg.engines import ENGINES, create_engine
 from surgseg.engines.cache import (
     Profile,
@@ -33,16 +44,24 @@ from surgseg.engines.cache import (
     rebuild_reason,
     sidecar_path,
 )
+from surgseg.engines.onnxruntime_engine import run_precision
 from surgseg.engines.tensorrt_engine import (
     INSTALL_HINT,
+    aligned,
+    aligned_empty,
+    build_engine,
+    check_dla,
     check_precision,
     configure_builder,
+    documented_opset,
     network_flags,
+    trt_release,
     trt_version,
 )
 from surgseg.errors import ConfigError
-from surgseg.export import synthetic_frames, true_fp32
+from surgseg.export import export_onnx, synthetic_frames, true_fp32
 from surgseg.predictor import Predictor
+from surgseg.tasks import class_names
 
 CUDA = torch.cuda.is_available()
 try:
@@ -350,6 +369,219 @@ def test_builder_settings_tf32_and_dla():
     with pytest.raises(ConfigError, match="dla_core=0, but this device has 0 DLA cores"):
         configure_builder(FAKE_TRT, SimpleNamespace(num_DLA_cores=0), _Recorder(),
                           workspace_gb=1, tf32=False, dla_core=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tmp_path_factory):
+    """A ResNet-18 (2 classes, 64×80) and its fp16 surgseg ONNX export."""
+    torch.manual_seed(0)
+    meta = CheckpointMeta(
+        task="binary",
+        class_names=list(class_names("binary")),
+        model={"depth": 18, "output_stride": 8, "head": "fcn", "aux_loss": False},
+        input_size=(64, 80),
+    )
+    model = sharpen(meta.build())
+    path = tmp_path_factory.mktemp("trt") / "m.fp16.onnx"
+    return model, meta, export_onnx(model, path, meta=meta, precision="fp16")
+
+
+def _tensorrt(fp16_export, cache_dir, **options):
+    model, meta, path = fp16_export
+    return create_engine("tensorrt", model=model, meta=meta, device="cuda", precision="fp16",
+                         onnx_path=path, cache_dir=cache_dir, **options)  # fmt: skip
+
+
+def _stand_in_logits(x: torch.Tensor, classes: int) -> torch.Tensor:
+    """What the fake TensorRT network computes: class k is (k + 1) × the channel sum."""
+    k = torch.arange(1, classes + 1, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.float().sum(1, keepdim=True) * k
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.1"])
+def test_tensorrt_engine_end_to_end_on_a_fake_tensorrt(fp16_export, tmp_path, monkeypatch,
+                                                       version):  # fmt: skip
+    trt, record = fake_tensorrt(version)
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    engine = _tensorrt(fp16_export, tmp_path)
+
+    # Built strongly typed: the STRONGLY_TYPED bit on 10.x, no flag on 11.x; no precision flag
+    # (the fake fails the build if one is set, and 11.x has none); TF32 cleared; the timing
+    # cache set, strict about mismatches, and written back.
+    strongly_typed = 0 if version.startswith("11.") else 1 << 1  # STRONGLY_TYPED is bit 1
+    assert record.named("create_network") == [("create_network", strongly_typed)]
+    assert record.named("set_flag") == [] and record.named("clear_flag") == [("clear_flag", "TF32")]
+    assert record.named("set_timing_cache") == [("set_timing_cache", version, False)]
+    tag = version.replace(".", "-")
+    timing = tmp_path / f"timing-NVIDIA-Fake-GPU-trt{tag}.cache"
+    assert timing.read_bytes() == FAKE_CACHE + f"{version}\n1".encode()
+    plan = engine.engine.plan
+    assert plan["strongly_typed"] and not plan["tf32"] and plan["dla_core"] is None
+    assert plan["profile"]["image"] == [[1, 3, 64, 80], [1, 3, 64, 80], [8, 3, 64, 80]]
+    assert engine.engine_path.is_file() and sidecar_path(engine.engine_path).is_file()
+
+    # infer: an input 4 bytes off a 256-byte boundary is copied to an aligned one; the output
+    # is fp16 like the graph's; the stand-in network's result comes back through the bound
+    # addresses; execute_async_v3 gets the engine stream's handle.
+    x = torch.randn(2 * 3 * 64 * 80 + 1)[1:].view(2, 3, 64, 80)
+    assert x.data_ptr() % 256
+    out = engine.infer(x)
+    assert out.dtype == torch.float16 and out.shape == (2, 2, 64, 80)
+    torch.testing.assert_close(out, _stand_in_logits(x, 2).half())
+    bound = {name: address for _, name, address in record.named("set_tensor_address")}
+    assert bound["image"] % 256 == 0 and bound["image"] != x.data_ptr()
+    assert bound["logits"] == out.data_ptr() and out.data_ptr() % 256 == 0
+    assert record.named("set_input_shape") == [("set_input_shape", "image", (2, 3, 64, 80))]
+    assert record.named("execute_async_v3") == [("execute_async_v3", CpuStream.HANDLE)]
+    assert engine._stream.ordered_calls == [(bound["image"], bound["logits"])]
+
+    again = _tensorrt(fp16_export, tmp_path)  # the cached plan is loaded, not built again
+    assert len(record.named("build_serialized_network")) == 1
+    torch.testing.assert_close(again.infer(x[:1]), _stand_in_logits(x[:1], 2).half())
+
+
+def test_tensorrt_refusals_are_clear(fp16_export, tmp_path, monkeypatch, caplog):
+    trt, record = fake_tensorrt("10.3.0")
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    timing = tmp_path / "timing-NVIDIA-Fake-GPU-trt10-3-0.cache"
+    timing.write_bytes(FAKE_CACHE + b"10.2.1\n7")  # left by another TensorRT
+    with caplog.at_level(logging.WARNING, logger="surgseg.engines.tensorrt_engine"):
+        engine = _tensorrt(fp16_export, tmp_path)
+    assert "refused the timing cache" in caplog.text  # warned, then built with a new one
+    assert [c[1] for c in record.named("set_timing_cache")] == ["10.2.1", "10.3.0"]
+    assert timing.read_bytes() == FAKE_CACHE + b"10.3.0\n1"
+
+    x = torch.zeros(1, 3, 64, 80)
+    record.reject_shape = True
+    with pytest.raises(ConfigError, match=r"TensorRT rejected input shape \[1, 3, 64, 80\] for "
+                                          r"'image' \(profile min"):  # fmt: skip
+        engine.infer(x)
+    record.reject_shape, record.reject_address = False, True
+    with pytest.raises(RuntimeError, match=r"rejected the address 0x[0-9a-f]+ of tensor 'image' "
+                                           r"\(it needs 256-byte alignment"):  # fmt: skip
+        engine.infer(x)
+    assert record.named("execute_async_v3") == []  # nothing ran with a rejected binding
+
+
+def test_dla_needs_a_tensorrt_with_dla(fp16_export, tmp_path, monkeypatch):
+    for version in ("10.0.1", "10.3.0", "10.7.0.23", "11.4.1", "11.5.0"):
+        check_dla(version, 0)
+    for version in ("10.8.0", "10.15.1", "11.0.0", "11.3.0", "11.4.0"):
+        with pytest.raises(ConfigError) as info:
+            check_dla(version, 0)
+        message = str(info.value)
+        assert "\n" not in message and f"TensorRT {version} has none" in message
+        assert "10.0–10.7 (JetPack 6.1/6.2 ship 10.3) or ≥ 11.4.1" in message
+    check_dla("11.0.0", None)  # no DLA asked for: nothing to refuse
+    assert trt_release("10.3") == (10, 3, 0) and trt_release("11.4.1.9") == (11, 4, 1)
+
+    trt, record = fake_tensorrt("10.3.0", dla_cores=2)  # Jetson AGX Orin, JetPack 6.x
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    engine = _tensorrt(fp16_export, tmp_path / "jetson", dla_core=1)
+    assert record.named("set_flag") == [("set_flag", "GPU_FALLBACK")]
+    assert engine.engine.plan["dla_core"] == 1
+    assert record.named("Runtime.DLA_core") == [("Runtime.DLA_core", 1)]
+
+    trt, record = fake_tensorrt("11.2.0", dla_cores=2)
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    with pytest.raises(ConfigError, match=r"TensorRT 11\.2\.0 has none"):
+        _tensorrt(fp16_export, tmp_path / "trt11", dla_core=0)
+    assert record.calls == []  # refused before anything was exported or built
+
+
+def _bf16_conv_onnx(path: Path) -> Path:
+    """A one-Conv bf16 graph at opset 22, as the bf16 export is."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.BFLOAT16, (2, 3, 1, 1), [0.5] * 6)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["x"], to=TensorProto.BFLOAT16),
+            helper.make_node("Conv", ["x", "w"], ["logits"]),
+        ],
+        "bf16",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.BFLOAT16, ["N", 2, "H", "W"])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def test_opset_beyond_what_the_parser_documents_is_said(tmp_path, monkeypatch, caplog):
+    assert documented_opset((10, 3)) == 20 and documented_opset((10, 15)) == 24
+    assert documented_opset((11, 2)) == 24 and documented_opset((11, 5)) == 25
+    path = _bf16_conv_onnx(tmp_path / "bf16.onnx")
+    profile = profile_shapes((1, 3, 8, 8), (1, 3, 8, 8), (2, 3, 8, 8))
+    warnings = {}
+    for version in ("10.3.0", "10.15.1", "11.4.1"):
+        trt, _ = fake_tensorrt(version)
+        run_tensorrt_on_cpu(monkeypatch, trt)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="surgseg.engines.tensorrt_engine"):
+            assert build_engine(path, profile=profile)
+        warnings[version] = [r.getMessage() for r in caplog.records]
+    assert warnings["10.15.1"] == warnings["11.4.1"] == []
+    (line,) = warnings["10.3.0"]  # JetPack 6's TensorRT: one line saying what to do
+    assert "is opset 22; TensorRT 10.3.0's ONNX parser is documented up to opset 20" in line
+    assert "TensorRT ≥ 10.15" in line and "precision=fp16" in line
+
+
+def test_a_bf16_export_below_opset_22_is_refused(fp16_export, tmp_path, monkeypatch):
+    _, meta, fp16_path = fp16_export
+    old = onnx.load(_bf16_conv_onnx(tmp_path / "old.onnx"))  # as an earlier version wrote it
+    old.opset_import[0].version = 18
+    for prop in onnx.load(fp16_path, load_external_data=False).metadata_props:
+        value = '"bf16"' if prop.key == "surgseg.precision" else prop.value
+        old.metadata_props.add(key=prop.key, value=value)
+    onnx.save(old, tmp_path / "old.onnx")
+    trt, record = fake_tensorrt("10.15.1")
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    with pytest.raises(ConfigError, match=r"bf16 graph is opset 18, not valid ONNX .* opset 22"):
+        create_engine("tensorrt", model=None, meta=meta, device="cuda", precision="bf16",
+                      onnx_path=tmp_path / "old.onnx", cache_dir=tmp_path)  # fmt: skip
+    assert record.calls == []
+
+
+def test_the_fake_tensorrt_is_strict(monkeypatch):
+    trt10, _ = fake_tensorrt("10.3.0")
+    trt11, _ = fake_tensorrt("11.4.1")
+    assert trt10.BuilderFlag.FP16 and trt10.BuilderFlag.TF32
+    with pytest.raises(AttributeError):
+        trt11.BuilderFlag.FP16  # removed in TensorRT 11  # noqa: B018
+    config = trt11.Builder(trt11.Logger(trt11.Logger.WARNING)).create_builder_config()
+    with pytest.raises(AttributeError):
+        config.DLA_cores = 1  # a misspelled attribute
+    with pytest.raises(TypeError):
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatches=False)
+    with pytest.raises(TypeError):
+        config.set_memory_pool_limit("WORKSPACE", 1 << 30)
+    with pytest.raises(AttributeError):
+        trt11.Builder(trt11.Logger()).build_engine  # TensorRT 10 removed it  # noqa: B018
+
+
+def test_tensor_addresses_are_256_byte_aligned():
+    x = torch.arange(1 + 3 * 8 * 8, dtype=torch.float32)[1:].view(1, 3, 8, 8)
+    assert x.data_ptr() % 256
+    y = aligned(x)
+    assert y.data_ptr() % 256 == 0 and torch.equal(x, y)
+    assert aligned(y).data_ptr() == y.data_ptr()  # already aligned: no copy
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        out = aligned_empty((2, 4, 8, 8), dtype, torch.device("cpu"))
+        assert out.data_ptr() % 256 == 0 and out.shape == (2, 4, 8, 8) and out.dtype == dtype
+        assert out.is_contiguous()
+
+
+def test_onnxruntime_tensorrt_provider_fp32_is_labelled_tf32(make_checkpoint, tmp_path):
+    assert run_precision("fp32", ["tensorrt", "cuda", "cpu"]) == "tf32"  # no TF32 switch there
+    assert run_precision("fp16", ["tensorrt", "cuda"]) == "fp16"
+    assert run_precision("fp32", ["cuda", "cpu"]) == "fp32"  # use_tf32=0 on the CUDA provider
+    model, meta = load_checkpoint(make_checkpoint())
+    engine = create_engine("onnxruntime", model=model, meta=meta, threads=1,
+                           cache_dir=tmp_path / "cache")  # fmt: skip
+    assert (engine.name, engine.precision) == ("onnxruntime", "fp32")
 
 
 def test_profile_validation():

@@ -4,6 +4,9 @@ TensorRT (placement, types, calibration, caches)."""
 from __future__ import annotations
 
 import copy
+import json
+import logging
+from collections import defaultdict
 from pathlib import Path
 
 import cv2
@@ -21,6 +24,7 @@ from surgseg.apps.export import run, summary
 from surgseg.checkpoint import CheckpointMeta
 from surgseg.errors import ConfigError, DatasetError
 from surgseg.export import (
+    BF16_OPSET,
     check_onnx,
     export_onnx,
     read_onnx_meta,
@@ -29,7 +33,11 @@ from surgseg.export import (
 )
 from surgseg.preprocess import Preprocess
 from surgseg.quantize import (
+    FP16_MAX,
+    HIST_BINS,
     _AbsHistogram,
+    _scale,
+    _warn_ranges,
     cached_int8_onnx,
     calibration_files,
     calibration_frames,
@@ -97,6 +105,19 @@ def test_fp16_export_runs_on_ort(exported, tmp_path):
     report = check_onnx(path, model, synthetic_frames(meta, [(64, 80)], batch=2))
     assert report["agreement"] >= 0.995
     assert model.classifier[-1].weight.dtype == torch.float32  # the caller's model is untouched
+
+
+def test_bf16_export_is_valid_onnx(exported, tmp_path):
+    model, meta, _ = exported
+    path = export_onnx(model, tmp_path / "b.onnx", meta=meta, precision="bf16", opset=18)
+    proto = onnx.load(path)
+    # bfloat16 Conv is valid ONNX only from opset 22: an opset-18 bf16 graph fails this check.
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == BF16_OPSET == 22
+    types = {i.data_type for i in proto.graph.initializer if i.dims}
+    assert onnx.TensorProto.BFLOAT16 in types and onnx.TensorProto.FLOAT not in types
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert read_onnx_meta(path)[1] == "bf16"
 
 
 def _graph_facts(proto: onnx.ModelProto) -> tuple[dict, dict, dict]:
@@ -199,6 +220,56 @@ def test_calibration_thresholds_on_known_distributions():
         assert 3.5 < amax < np.abs(x).max() and (np.abs(x) > amax).mean() < 1e-4
 
 
+def test_calibration_histogram_keeps_its_bin_count_whatever_the_range():
+    rng = np.random.default_rng(1)
+    hist, seen = _AbsHistogram(), []
+    for scale in (1e-3, 0.7, 40.0, 3e4, 2e7):  # each frame far past the range so far
+        x = (rng.normal(size=20_000) * scale).astype(np.float32)
+        hist.add(x)
+        seen.append(np.abs(x))
+        assert hist.counts.size == HIST_BINS  # merged, never grown
+        assert hist.width * HIST_BINS >= np.abs(x).max()
+    magnitudes = np.concatenate(seen)
+    assert hist.counts.sum() == magnitudes.size  # merging loses no count
+    assert hist.threshold("minmax") == magnitudes.max()
+    assert abs(hist.threshold("percentile") - np.percentile(magnitudes, 99.99)) <= hist.width
+    assert 0 < hist.threshold("entropy") <= magnitudes.max()
+
+
+def test_int8_scales_stay_within_fp16_and_say_when_they_cannot_follow(caplog):
+    notes: dict[str, list[str]] = defaultdict(list)
+    amax = np.array([0.0, 1e-4, 1.0, 1e6])
+    scale = _scale(amax, "w", notes)
+    assert scale.dtype == np.float16 and (scale > 0).all()  # TensorRT needs scales > 0
+    assert np.isfinite(scale.astype(np.float32) * np.float16(127)).all()  # 127·s is finite
+    assert scale[2] == np.float16(1 / 127)
+    assert notes == {"tiny": ["w"], "over": ["w"]}  # the all-zero channel is not counted
+    with caplog.at_level(logging.WARNING, logger="surgseg.quantize"):
+        _warn_ranges(notes)
+    over, tiny = (r.getMessage() for r in caplog.records)
+    assert "exceed fp16's maximum 65504" in over and "saturate" in over
+    assert "1 range(s)" in tiny and "fewer than 127 levels" in tiny
+
+
+def test_int8_range_beyond_fp16_is_capped_with_a_warning(exported, tmp_path, caplog):
+    _, meta, path = exported
+    calib = [b.numpy() for b in synthetic_frames(meta, [(64, 80)], batch=2, seed=1)]
+    cache = tmp_path / "calibration.json"
+    quantize_onnx(path, tmp_path / "q.onnx", frames=calib, method="minmax",
+                  calibration_cache=cache)  # fmt: skip
+    stored = json.loads(cache.read_text())
+    tensor = sorted(stored["amax"])[0]
+    stored["amax"][tensor] = 1e6  # an activation fp16 cannot hold
+    cache.write_text(json.dumps(stored))
+    with caplog.at_level(logging.WARNING, logger="surgseg.quantize"):
+        qdq = quantize_onnx(path, tmp_path / "q2.onnx", frames=None, method="minmax",
+                            calibration_cache=cache)  # fmt: skip
+    assert f"exceed fp16's maximum {FP16_MAX:g}" in caplog.text and tensor in caplog.text
+    inits = {i.name: i for i in onnx.load(qdq).graph.initializer}
+    scale = onnx.numpy_helper.to_array(inits[f"{tensor}.scale"])
+    assert np.isfinite(np.float16(127) * scale)  # dequantized values saturate, never inf
+
+
 def test_calibration_frames_are_prepared_like_inference(tmp_path):
     rng = np.random.default_rng(3)
     image = cv2.GaussianBlur(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8), (0, 0), 2)
@@ -280,10 +351,12 @@ def test_bf16_export_skips_parity_with_a_stated_reason(make_checkpoint, tmp_path
     out = tmp_path / "exports"
     report = run(_compose(checkpoint=str(ckpt), output_dir=str(out), precision="bf16"))
     assert report["passed"] is None and "no bfloat16 convolution" in report["parity"]
+    assert report["opset"] == 22 and report["onnx_checker"] == "passed (full_check)"
     assert sorted(p.name for p in out.iterdir()) == ["binary.json", "binary.onnx"]
     assert read_onnx_meta(out / "binary.onnx")[1] == "bf16"
+    onnx.checker.check_model(onnx.load(out / "binary.onnx"), full_check=True)
     line = summary(report)
-    assert "\n" not in line and "parity check skipped" in line
+    assert "\n" not in line and "opset 22, valid ONNX" in line and "parity check skipped" in line
 
 
 def test_export_app_fails_cleanly(make_checkpoint, tmp_path):

@@ -1,11 +1,17 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import torch.hub
 from torch import nn
-from torchvision.models import resnet18, resnet50
+from torchvision.models import ResNet18_Weights, ResNet101_Weights, resnet18, resnet50
 from torchvision.models.segmentation import fcn_resnet101
 
 from surgseg.errors import CheckpointError, ConfigError
-from surgseg.model import build_model, load_fcn_weights
+from surgseg.model import build_model, hub_cache_file, imagenet_weights, load_fcn_weights
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
@@ -105,3 +111,91 @@ def test_fcn_weights_of_wrong_depth_are_refused(tmp_path):
     garbage.write_bytes(b"not a tensor file")
     with pytest.raises(CheckpointError, match=r"garbage\.pth: not a PyTorch weights file"):
         load_fcn_weights(build_model(num_classes=2, depth=18), garbage)
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch) -> Path:
+    """An empty torch cache (TORCH_HOME) on a machine without network: any download raises.
+
+    The guard replaces torch.hub's download function, the one place torchvision's weights API
+    touches the network; everything of ours and of the weights API runs for real.
+    """
+
+    def no_network(url, *args, **kwargs):
+        raise OSError(f"no network in tests: {url}")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def test_weight_names_follow_torchvisions_enums():
+    assert imagenet_weights("imagenet", 101) is ResNet101_Weights.IMAGENET1K_V2
+    assert imagenet_weights("imagenet_v1", 101) is ResNet101_Weights.IMAGENET1K_V1
+    assert imagenet_weights("imagenet_v2", 101) is ResNet101_Weights.IMAGENET1K_V2
+    assert imagenet_weights("imagenet", 18) is ResNet18_Weights.IMAGENET1K_V1  # its DEFAULT
+    with pytest.raises(ConfigError, match="no IMAGENET1K_V2 weights for ResNet-18"):
+        imagenet_weights("imagenet_v2", 18)
+
+
+def test_imagenet_weights_from_torchs_cache_without_network(offline_hub: Path):
+    """A state dict placed under the name torchvision looks for (the last part of
+    ``weights.url``) in $TORCH_HOME/hub/checkpoints is what the backbone gets."""
+    torch.manual_seed(5)
+    ref = resnet18()
+    path = offline_hub / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    assert path.name == "resnet18-f37072fd.pth" and hub_cache_file(ResNet18_Weights.DEFAULT) == path
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    for name in ("imagenet", "imagenet_v1"):
+        model = build_model(num_classes=2, depth=18, backbone_weights=name)
+        theirs = ref.state_dict()
+        for key, value in model.backbone.state_dict().items():
+            assert torch.equal(value, theirs[key]), key
+
+
+def test_imagenet_weights_offline_with_an_empty_cache_is_one_line(offline_hub: Path):
+    with pytest.raises(CheckpointError) as info:
+        build_model(num_classes=2, depth=18, backbone_weights="imagenet")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "ResNet18_Weights.IMAGENET1K_V1" in message
+    assert f"place resnet18-f37072fd.pth in {offline_hub}" in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    assert not list(offline_hub.glob("*"))  # nothing half-written left behind
+
+
+def test_offline_train_app_says_which_file_to_place(tmp_path: Path):
+    """The app, offline with an empty cache: one line naming file, folder and URL; status 2.
+    The subprocess has no network guard, so a sitecustomize stands in for the network."""
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import torch.hub\n"
+        "def _no_network(url, *a, **k):\n"
+        "    raise OSError('no network in tests')\n"
+        "torch.hub.download_url_to_file = _no_network\n"
+    )
+    home = tmp_path / "torch_home"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "surgseg.apps.train",
+            "model=resnet18",
+            "model.backbone_weights=imagenet",
+            f"data.root={tmp_path}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TORCH_HOME": str(home), "PYTHONPATH": str(guard)},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    folder = home / "hub" / "checkpoints"
+    assert lines[0].startswith("surgseg-train: error: ImageNet weights ResNet18_Weights")
+    assert f"place resnet18-f37072fd.pth in {folder}" in lines[0]
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in lines[0]

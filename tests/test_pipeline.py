@@ -1,8 +1,17 @@
-"""The generic concurrent pipeline: order, backpressure, drop policies, stop, errors."""
+"""The generic concurrent pipeline: order, backpressure, drop policies, stop, errors; the
+locate stage's worker processes; workers do not change a run's outputs.
+
+Every test here runs under a time limit (``time_limit``): a deadlock fails the test with
+every thread's stack instead of hanging the suite.
+"""
 
 from __future__ import annotations
 
+import faulthandler
+import functools
+import json
 import random
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -13,12 +22,48 @@ import torch
 
 from surgseg.pipeline import Pipeline, Stage
 
+LIMIT_S = 60.0  # far above what any test here needs on a loaded 2-core machine
+
+
+def time_limit(seconds: float = LIMIT_S):
+    """Run the test in a daemon thread and fail it, with every thread's stack, if it has not
+    finished after ``seconds``: a deadlocked pipeline then fails fast instead of hanging the
+    run (its threads, daemons, are left behind)."""
+
+    def decorate(test):
+        @functools.wraps(test)
+        def guarded(*args, **kwargs):
+            outcome: dict[str, BaseException] = {}
+
+            def body() -> None:
+                try:
+                    test(*args, **kwargs)
+                except BaseException as exc:  # re-raised in the test's own thread below
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=body, name="guarded", daemon=True)
+            thread.start()
+            thread.join(seconds)
+            if thread.is_alive():
+                with tempfile.TemporaryFile("w+") as stacks:
+                    faulthandler.dump_traceback(stacks, all_threads=True)
+                    stacks.seek(0)
+                    pytest.fail(f"{test.__name__} did not finish within {seconds:g} s (a "
+                                f"deadlock?); the threads were at:\n{stacks.read()}")  # fmt: skip
+            if "error" in outcome:
+                raise outcome["error"]
+
+        return guarded
+
+    return decorate
+
 
 def _no_stage_threads() -> bool:
     names = {"source", "a", "b", "slow", "boom", "pool"}
     return not any(t.name.split("_")[0] in names for t in threading.enumerate())
 
 
+@time_limit()
 def test_results_come_out_in_source_order_with_random_delays():
     rng = random.Random(0)
     delays = [rng.uniform(0, 0.004) for _ in range(60)]
@@ -34,6 +79,7 @@ def test_results_come_out_in_source_order_with_random_delays():
     assert _no_stage_threads()
 
 
+@time_limit()
 def test_slow_sink_bounds_items_in_flight():
     produced, consumed = [], []
     in_flight = []
@@ -57,6 +103,7 @@ def test_slow_sink_bounds_items_in_flight():
 
 
 @pytest.mark.parametrize("drop", ["keep_latest", "drop_new"])
+@time_limit()
 def test_drop_policies_never_block_the_source(drop):
     def fast_source():
         for i in range(50):
@@ -77,6 +124,7 @@ def test_drop_policies_never_block_the_source(drop):
         assert out[-1] == 49
 
 
+@time_limit()
 def test_stale_items_are_dropped_unprocessed():
     seen = []
 
@@ -92,6 +140,7 @@ def test_stale_items_are_dropped_unprocessed():
 
 
 @pytest.mark.parametrize("where", ["source", "a", "b"])
+@time_limit()
 def test_an_exception_in_any_stage_reaches_the_caller_and_stops_all(where):
     def maybe_fail(name):
         def fn(item):
@@ -116,6 +165,7 @@ def test_an_exception_in_any_stage_reaches_the_caller_and_stops_all(where):
     assert _no_stage_threads()
 
 
+@time_limit()
 def test_stop_event_ends_iteration_quietly_and_closes_the_source():
     closed = threading.Event()
 
@@ -139,6 +189,7 @@ def test_stop_event_ends_iteration_quietly_and_closes_the_source():
     assert closed.is_set() and _no_stage_threads()
 
 
+@time_limit()
 def test_keyboard_interrupt_in_the_caller_stops_all_threads():
     pipe = Pipeline(iter(range(10**9)), [Stage("slow", lambda x: time.sleep(0.001) or x)])
     with pytest.raises(KeyboardInterrupt):
@@ -148,6 +199,7 @@ def test_keyboard_interrupt_in_the_caller_stops_all_threads():
     assert _no_stage_threads()
 
 
+@time_limit()
 def test_closing_the_iterator_early_stops_all_threads():
     results = iter(Pipeline(iter(range(10**9)), [Stage("a", lambda x: x)]))
     assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
@@ -155,6 +207,7 @@ def test_closing_the_iterator_early_stops_all_threads():
     assert _no_stage_threads()
 
 
+@time_limit()
 def test_workers_keep_source_order_and_run_at_once():
     rng = random.Random(1)
     delays = [rng.uniform(0, 0.01) for _ in range(80)]
@@ -177,6 +230,7 @@ def test_workers_keep_source_order_and_run_at_once():
     assert _no_stage_threads()
 
 
+@time_limit()
 def test_a_worker_result_leaves_without_waiting_for_the_next_item():
     """A live source: each result must come out when ready, not when the next item arrives."""
 
@@ -191,6 +245,7 @@ def test_a_worker_result_leaves_without_waiting_for_the_next_item():
     assert len(arrivals) == 3 and arrivals[0] < 0.25 and arrivals[1] < 0.75  # fmt: skip
 
 
+@time_limit()
 def test_an_exception_inside_a_worker_reaches_the_caller_and_stops_all():
     def fail_at_17(item):
         time.sleep(0.001)
@@ -208,6 +263,7 @@ def test_an_exception_inside_a_worker_reaches_the_caller_and_stops_all():
 
 
 @pytest.mark.parametrize("how", ["stop", "ctrl_c"])
+@time_limit()
 def test_stop_and_ctrl_c_with_workers_running(how):
     stop = threading.Event()
     slow = Stage("pool", lambda x: time.sleep(0.005) or x, workers=3)
@@ -224,6 +280,7 @@ def test_stop_and_ctrl_c_with_workers_running(how):
     assert _no_stage_threads()
 
 
+@time_limit()
 def test_stage_validation():
     with pytest.raises(ValueError, match="workers"):
         Stage("a", abs, workers=0)
@@ -235,6 +292,7 @@ def test_stage_validation():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@time_limit()
 def test_cuda_graphs_capture_inside_the_threaded_pipeline(make_checkpoint):
     """The graph is captured in the segment thread while the upload thread pins memory and
     copies; the short last batch (7 frames in batches of 3) replays the graph padded; pinned
@@ -266,3 +324,143 @@ def test_cuda_graphs_capture_inside_the_threaded_pipeline(make_checkpoint):
         allocations.append(torch.cuda.host_memory_stats()["num_host_alloc"])
     assert len(graphs.engine._graphs) == 1
     assert allocations[2] == allocations[1]  # the third video allocated no pinned memory
+
+
+def test_a_deadlock_fails_within_the_time_limit():
+    release = threading.Event()
+
+    @time_limit(0.5)
+    def deadlocked():
+        list(Pipeline(range(3), [Stage("stuck", lambda x: release.wait() and x)]))
+
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(pytest.fail.Exception, match=r"did not finish within 0\.5 s") as failed:
+            deadlocked()
+    finally:
+        release.set()  # let the stuck stage go, so its threads end
+    assert time.perf_counter() - t0 < 5
+    assert "in _run_stage" in str(failed.value)  # every thread's stack, the stuck one's too
+
+
+# --- the locate stage's worker processes -------------------------------------------------------
+
+
+def _parts_masks(n: int, *, seed: int = 0, size=(640, 512)):
+    from surgseg.synthetic import SyntheticSurgery
+
+    surgery = SyntheticSurgery(width=size[0], height=size[1], seed=seed, num_instruments=3)
+    frames = [surgery.render(i) for i in range(n)]
+    rng = np.random.default_rng(seed)
+    confidence = [rng.integers(0, 256, f.parts.shape, dtype=np.uint8) for f in frames]
+    return frames, confidence
+
+
+@pytest.mark.parametrize("task", ["parts", "types"])
+@time_limit()
+def test_worker_processes_find_exactly_what_the_caller_would(task):
+    """The locate stage with 2 workers runs ``find_instruments`` in worker processes (masks
+    through shared memory); its instruments equal, field for field, those found in-process,
+    in frame order, whatever batch each worker got."""
+    from surgseg.cues import FieldOfView, find_instruments
+    from surgseg.options import CueOptions
+    from surgseg.predictor import Prediction
+    from surgseg.stages import Batch, Locate
+
+    frames, confidence = _parts_masks(10, seed=3)
+    masks = [f.parts if task == "parts" else f.types for f in frames]
+    options = CueOptions()
+    locate = Locate(task=task, options=options, workers=2)
+    assert locate.processes
+    batches = []
+    for i in range(0, 10, 3):
+        batch = Batch([_frame(i + j, f.image) for j, f in enumerate(frames[i : i + 3])])
+        batch.predictions = [Prediction(m, c) for m, c in zip(masks[i : i + 3],
+                                                              confidence[i : i + 3],
+                                                              strict=True)]  # fmt: skip
+        batches.append(batch)
+    from surgseg.cue_workers import worker_cpu_s
+
+    before = worker_cpu_s()
+    pipe = Pipeline(batches, [Stage("locate", locate, workers=2)], count=len)
+    out = list(pipe)
+    found = [inst for batch in out for inst in batch.found]
+    # the workers' CPU time is the stage's: charged to it, not lost
+    assert pipe.stats["locate"].cpu_s >= worker_cpu_s() - before > 0
+    view = FieldOfView.from_image(frames[0].image)
+    expected = [find_instruments(m, task=task, confidence=c, view=view,
+                                 min_area=options.min_area, border_band=options.border_band,
+                                 tip_band=options.tip_band)
+                for m, c in zip(masks, confidence, strict=True)]  # fmt: skip
+    assert len(found) == 10 and found == expected
+    assert sum(len(f) for f in found) >= 10
+
+
+def _frame(index: int, image):
+    from surgseg.decode import Frame
+
+    return Frame(index, index, index / 25, image)
+
+
+@time_limit()
+def test_a_worker_error_reaches_the_caller_and_a_dead_worker_is_replaced():
+    from surgseg.cue_workers import WorkerError, shared_pool
+    from surgseg.cues import FieldOfView
+
+    pool = shared_pool(2)
+    view = FieldOfView(shape=(8, 8))
+    with pytest.raises(ValueError, match=r"mask must be \(H, W\)"):  # find_instruments' own
+        pool.locate([np.zeros((8, 8, 3), np.uint8)], [None], view=view, view_key=-1,
+                    task="parts")  # fmt: skip
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 1
+    found, _ = pool.locate([mask], [None], view=view, view_key=-1, task="binary", min_area=4)
+    assert len(found[0]) == 1  # the worker that reported the error still serves
+    for worker in list(pool._workers):  # a worker process dies (out of memory, killed)
+        worker.process.kill()
+        worker.process.wait()
+    with pytest.raises(WorkerError, match="stopped answering"):
+        pool.locate([mask], [None], view=view, view_key=-1, task="binary", min_area=4)
+    for _ in range(len(pool) + 1):  # the dead are replaced by fresh workers
+        try:
+            found, _ = pool.locate([mask], [None], view=view, view_key=-1, task="binary",
+                                   min_area=4)  # fmt: skip
+        except WorkerError:
+            continue
+        break
+    assert len(found[0]) == 1
+    assert all(w.process.poll() is None for w in pool._workers)
+
+
+@time_limit()
+def test_infer_writes_the_same_outputs_with_one_and_two_workers(make_checkpoint, tmp_path):
+    """``workers.locate=1 workers.render=1`` (one thread each) and ``=2`` (two worker
+    processes finding the instruments, two threads encoding) write identical cues.jsonl and
+    masks, frame for frame."""
+    from hydra import compose, initialize_config_dir
+
+    from surgseg.apps import CONF_DIR
+    from surgseg.apps.infer import run
+    from surgseg.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "clip", num_frames=9, width=320, height=256, seed=5,
+                      num_instruments=3) / "video.mp4"  # fmt: skip
+    checkpoint = make_checkpoint("parts")
+    outputs = {}
+    for k in (1, 2):
+        overrides = [f"input={clip}", f"checkpoint={checkpoint}", f"output_dir={tmp_path}/k{k}",
+                     f"workers.locate={k}", f"workers.render={k}", "batch_size=2",
+                     "outputs.overlay=false", "progress=false"]  # fmt: skip
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("infer", overrides=overrides)
+        assert run(cfg).failed == []
+        out = tmp_path / f"k{k}" / "video.mp4"
+        stages = json.loads((out / "run.json").read_text())["stages"]
+        assert stages["locate"]["workers"] == stages["render"]["workers"] == k
+        outputs[k] = {"cues": (out / "cues.jsonl").read_text(),
+                      "masks": {p.name: p.read_bytes() for p in (out / "masks").iterdir()}}
+    lines = outputs[1]["cues"].splitlines()
+    assert len(lines) == 9 and [json.loads(x)["index"] for x in lines] == list(range(9))
+    assert sum(len(json.loads(x)["instruments"]) for x in lines) > 0
+    assert outputs[2]["cues"] == outputs[1]["cues"]
+    assert len(outputs[1]["masks"]) == 9 and outputs[2]["masks"] == outputs[1]["masks"]

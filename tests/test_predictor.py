@@ -76,3 +76,70 @@ def test_predict_takes_a_batch_array(make_checkpoint):
     as_list = predictor.predict(list(batch))
     for a, b in zip(predictor.predict(batch), as_list, strict=True):
         np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_normalization_tensors_are_built_once_per_device(make_checkpoint, monkeypatch):
+    """A tensor built from Python numbers per batch is, on a GPU, a blocking host-to-device
+    copy per batch: ``Preprocess`` builds mean and std once per device and reuses them."""
+    import surgseg.preprocess
+
+    predictor = Predictor.from_checkpoint(make_checkpoint(), input_size=(32, 40))
+    frames = torch.randint(0, 256, (2, 64, 80, 3), dtype=torch.uint8)
+    first = predictor.preprocess(frames)
+    cached = predictor.geometry.stats("cpu")
+    built = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(surgseg.preprocess.torch, "tensor",
+                        lambda *a, **k: built.append(a) or real_tensor(*a, **k))  # fmt: skip
+    again = predictor.preprocess(frames)
+    assert built == []  # nothing built for the second batch
+    assert all(a is b for a, b in zip(predictor.geometry.stats("cpu"), cached, strict=True))
+    assert list(predictor.geometry._stats) == [torch.device("cpu")]
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_nothing_synchronizes_outside_download(make_checkpoint):
+    """At most one synchronization per batch, in ``download``: ``upload`` and ``launch`` run
+    under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing call
+    (a blocking copy, ``.item()``, a stream or device synchronize)."""
+    predictor = Predictor.from_checkpoint(make_checkpoint("parts"), device="cuda")
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (72, 96, 3), dtype=np.uint8) for _ in range(4)]
+    reference = predictor.predict(frames)  # warm-up: kernels chosen, caches and buffers made
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pending = [predictor.launch(predictor.upload(frames)) for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    for batch in pending:
+        for got, ref in zip(predictor.download(batch), reference, strict=True):
+            np.testing.assert_array_equal(got.mask, ref.mask)
+            np.testing.assert_array_equal(got.confidence, ref.confidence)
+
+
+def test_an_input_size_override_reaches_the_engine(make_checkpoint, monkeypatch):
+    """``input_size=`` changes the meta the engine is built from, so the TensorRT profile's
+    default (and INT8 calibration) use the size the Predictor feeds, not the training size."""
+    import surgseg.predictor
+    from surgseg.engines.tensorrt_engine import default_profile
+
+    seen = []
+    real_create = surgseg.predictor.create_engine
+
+    def spy(name, **kwargs):
+        seen.append(kwargs["meta"])
+        return real_create(name, **kwargs)
+
+    monkeypatch.setattr(surgseg.predictor, "create_engine", spy)
+    predictor = Predictor.from_checkpoint(make_checkpoint(), input_size=(32, 48))
+    (meta,) = seen
+    assert meta.input_size == predictor.input_size == predictor.meta.input_size == (32, 48)
+    assert default_profile(meta.input_size).max == (8, 3, 32, 48)
+    frames = torch.zeros(1, 64, 80, 3, dtype=torch.uint8)
+    assert predictor.preprocess(frames).shape == (1, 3, 32, 48)
+    seen.clear()
+    Predictor.from_checkpoint(make_checkpoint())  # no override: the checkpoint's own size
+    assert seen[0].input_size == (64, 80)

@@ -184,6 +184,39 @@ def test_app_writes_cues_masks_and_summary(make_checkpoint, tmp_path, one_second
     assert saved["latency_ms"]["p99"] >= saved["latency_ms"]["p50"] > 0
 
 
+def test_app_writes_through_the_stage_modules_outputs(make_checkpoint, tmp_path, one_second,
+                                                      monkeypatch):
+    """One way to open and write a run's outputs: the stream opens them once with
+    ``stages.open_outputs``, and each line is ``stages.cue_record`` plus its latency; the
+    summary records the model as run.json does."""
+    import surgseg.stages
+    from surgseg.decode import Frame
+    from surgseg.stages import cue_record
+
+    opened = []
+    real_open = surgseg.stages.open_outputs
+    monkeypatch.setattr(surgseg.stages, "open_outputs",
+                        lambda *a, **k: opened.append(k) or real_open(*a, **k))  # fmt: skip
+    out = tmp_path / "out" / "cues.jsonl"
+    cfg = _compose([f"input={one_second}", f"checkpoint={make_checkpoint('parts')}",
+                    f"output={out}", "masks=png", "realtime=false"])  # fmt: skip
+    summary = run(cfg)
+    assert len(opened) == 1 and opened[0]["cues"] == out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    frames = list(read_frames(one_second))
+    for line, frame in zip(lines, frames, strict=True):
+        expected = cue_record(Frame(frame.index, frame.pts, frame.time_s, frame.image),
+                              line["instruments"])  # fmt: skip
+        assert list(line) == [*expected, "latency_ms"]
+        assert {k: line[k] for k in expected} == expected and line["latency_ms"] > 0
+    masks = {i: m for i, _, m in read_masks(out.parent / "masks")}
+    assert sorted(masks) == list(range(FPS)) and masks[0].shape == (64, 80)
+    model = {"task": "parts", "classes": {"background": 0, "shaft": 1, "wrist": 2,
+             "clasper": 3}, "input_size": [64, 80], "engine": "torch", "device": "cpu"}  # fmt: skip
+    saved = json.loads((out.parent / "cues.summary.json").read_text())
+    assert saved["model"] == summary["model"] == model
+
+
 def test_app_to_stdout(make_checkpoint, one_second, capsys, tmp_path):
     cfg = _compose([f"input={one_second}", f"checkpoint={make_checkpoint()}", "realtime=false",
                     f"summary={tmp_path / 's.json'}"])  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +18,8 @@ import torch
 from surgseg.checkpoint import load_checkpoint, read_checkpoint
 from surgseg.errors import CheckpointError, ConfigError
 from surgseg.predictor import Predictor
-from surgseg.train import evaluate, train
+from surgseg.tasks import palette
+from surgseg.train import evaluate, tensorboard_available, train
 from tests._train_utils import SIZE, rectangles, tiny_meta, train_kwargs
 
 # One intra-op thread: the CPU is shared, and two threads contend badly.
@@ -295,7 +298,10 @@ def test_app_trains_from_the_composed_config(tmp_path, clips):
     assert prov["dataset"]["train_videos"] == ["a"] and prov["dataset"]["val_videos"] == ["b"]
     assert prov["config"]["optim"]["lr"] == 1e-4 and "hydra" not in prov["config"]
     assert prov["train_images"] == 8 and prov["val_images"] == 4
-    assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "metrics.csv", "curves.png"}
+    written = {"last.pt", "best.pt", "metrics.csv", "curves.png"}
+    if tensorboard_available():  # on by default with the package
+        written.add("tensorboard")
+    assert {p.name for p in out.iterdir()} == written
 
 
 APP_RUN = [
@@ -455,6 +461,9 @@ def test_experiment_configs_compose(experiment):
         assert cfg.optim.lr == 1e-4 and cfg.data.kind == "endovis2015"
     if experiment.startswith("endovis17"):
         assert cfg.data.kind == "endovis2017" and list(cfg.input_size) == [1024, 1280]
+    # The paper's settings start from ImageNet; the synthetic (demo-sized) one from scratch.
+    paper = experiment.startswith(("pakhomov2017", "endovis17"))
+    assert cfg.model.backbone_weights == ("imagenet" if paper else None)
 
 
 @pytest.mark.parametrize("optim", ["adam", "sgd"])
@@ -464,3 +473,139 @@ def test_optimizer_options_instantiate(optim):
     cfg = _compose([f"optim={optim}", "output_dir=x"])
     optimizer = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
     assert type(optimizer).__name__.lower() == optim
+
+
+def test_tensorboard_log_of_a_two_step_run(tmp_path):
+    pytest.importorskip("tensorboard")
+    import cv2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = train(**train_kwargs(out_dir=out, epochs=1, tensorboard=True))
+    assert result["steps"] == 2
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/loss_epoch", "val/miou", "val/challenge_iou",
+            "val/frame_iou", "val/iou/background", "val/iou/tool"} <= scalars  # fmt: skip
+    assert [e.step for e in events.Scalars("train/loss")] == [1]  # every 10 steps from the first
+    (epoch_loss,) = events.Scalars("train/loss_epoch")
+    assert epoch_loss.step == 2 and epoch_loss.value == pytest.approx(result["train_loss"])
+    (miou,) = events.Scalars("val/miou")
+    assert miou.value == pytest.approx(result["val_miou"])
+    (example,) = events.Images("val/examples")
+    grid = cv2.imdecode(np.frombuffer(example.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+    grid = cv2.cvtColor(grid, cv2.COLOR_BGR2RGB)
+    h, w = SIZE
+    assert grid.shape == (4 * h, 3 * w, 3)  # the 4 validation frames: frame, truth, prediction
+    # The first row: the frame, then its truth coloured with the task's palette.
+    raw = rectangles(4, augment=False, seed=1).dataset
+    image, mask = raw[0]
+    np.testing.assert_allclose(grid[:h, :w], image, atol=1)
+    tool = mask == 1
+    expected = 0.35 * image[tool] + 0.65 * palette(2)[1]
+    np.testing.assert_allclose(grid[:h, w : 2 * w][tool], expected, atol=1.5)
+    assert (grid[:h, w : 2 * w][mask == 255] == 128).all()  # ignore pixels grey
+
+
+def test_tensorboard_without_the_package(tmp_path, monkeypatch):
+    """On by default: silently off without the package. Asked for: one clear error."""
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    assert not tensorboard_available()
+    out = tmp_path / "run"
+    train(**train_kwargs(out_dir=out, epochs=1, max_steps=1))
+    assert not (out / "tensorboard").exists()
+    with pytest.raises(ConfigError, match="tensorboard=true needs the tensorboard package"):
+        train(**train_kwargs(out_dir=tmp_path / "asked", epochs=1, tensorboard=True))
+    from surgseg.apps.train import run
+
+    cfg = _compose([f"data.root={tmp_path / 'missing'}", f"output_dir={tmp_path / 'app'}",
+                    "tensorboard=true"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^tensorboard=true needs the tensorboard package"):
+        run(cfg)
+    assert not (tmp_path / "app").exists()  # refused before any work
+
+
+GUIDE = "## Training on real data: EndoVis 2015 and 2017"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _guide_blocks() -> list[str]:
+    """The bash blocks of the README's real-data guide, as written."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split(GUIDE + "\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, re.S)
+
+
+# Shell functions in front of the guide's commands: each command runs as written, with the
+# overrides of a one-step CPU run of a tiny model appended (and the tiny crop for EndoVis
+# 2017). torchrun runs 2 CPU processes; sync_bn needs CUDA, so it is turned off there.
+GUIDE_PRELUDE = r"""
+set -euo pipefail
+tiny=(device=cpu amp=null model.depth=18 "input_size=[64,80]" batch_size=2 max_steps=1
+      num_workers=0 progress=false)
+crop() { case "$*" in *endovis17*) echo "$CROP17";; esac; }
+surgseg-train() { command surgseg-train "$@" "${tiny[@]}" $(crop "$@"); }
+surgseg-eval() { command surgseg-eval "$@" device=cpu progress=false $(crop "$@"); }
+torchrun() {
+  shift 2  # --nproc_per_node N
+  local args=() a
+  for a in "$@"; do [[ $a == sync_bn=true ]] && a=sync_bn=false; args+=("$a"); done
+  command torchrun --standalone --nproc_per_node 2 "${args[@]}" "${tiny[@]}" $(crop "$@")
+}
+"""
+
+
+@pytest.mark.slow  # 14 processes (4 folds, 2 torchrun pairs, 3 evaluations…): ~2 CPU-minutes
+def test_real_data_guide_commands_run(tmp_path):
+    from _fake_layouts import SMALL_CROP, make_endovis2015, make_endovis2017, make_endovis2017_test
+    from torchvision.models import resnet18
+
+    crop = ",".join(f"{k}:{getattr(SMALL_CROP, k)}" for k in SMALL_CROP.__dataclass_fields__)
+
+    blocks = _guide_blocks()
+    assert len(blocks) == 3 and all("/data/" in b for b in blocks)
+    data = tmp_path / "data"
+    make_endovis2017(data / "endovis17/train", videos=range(1, 9), frames=2)
+    make_endovis2017_test(data / "endovis17/test", videos=range(1, 11), frames=1, empty=(0,))
+    for n in range(1, 5):
+        make_endovis2015(data / "endovis15", video=f"Dataset{n}", frames=2)
+    # torchvision's ImageNet weights, in an empty torch cache: a seeded ResNet-18 state dict
+    # under the name torchvision looks for; any download attempt fails (no network in tests).
+    cache = tmp_path / "torch_home/hub/checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(resnet18().state_dict(), cache / "resnet18-f37072fd.pth")
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import torch.hub\n"
+        "def _no_network(url, *a, **k):\n"
+        "    raise OSError('no network in tests')\n"
+        "torch.hub.download_url_to_file = _no_network\n"
+    )
+    script = GUIDE_PRELUDE + "\n".join(b.replace("/data/", f"{data}/") for b in blocks)
+    env = {**os.environ, "CROP17": f"data.crop={{{crop}}}", "PYTHONPATH": str(guard),
+           "TORCH_HOME": str(tmp_path / "torch_home"), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    runs, evals = tmp_path / "runs", tmp_path / "eval"
+    for k in range(4):
+        _, meta = load_checkpoint(runs / f"endovis17_parts_fold{k}/best.pt", task="parts")
+        assert meta.provenance["backbone_weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+        assert meta.provenance["dataset"]["val_videos"] == [
+            f"instrument_dataset_{v}" for v in ({0: (1, 3), 1: (2, 5), 2: (4, 8), 3: (6, 7)}[k])
+        ]
+    cv = json.loads((evals / "endovis17_parts_cv/metrics.json").read_text())
+    assert cv["frames"] == 16 and len(cv["videos"]) == 8
+    test = json.loads((evals / "endovis17_parts_test/metrics.json").read_text())
+    assert test["frames"] == 10 and len(test["videos"]) == 10
+    assert test["overall"]["challenge_iou"] is not None
+    assert (runs / "endovis17_parts_fold0_ddp/last.pt").is_file()
+    assert (runs / "pakhomov2017_endovis15_binary_ddp/last.pt").is_file()
+    e15 = json.loads((evals / "pakhomov2017_endovis15_binary/metrics.json").read_text())
+    assert list(e15["videos"]) == ["Dataset4"]
+    assert e15["overall"]["balanced_accuracy"] is not None

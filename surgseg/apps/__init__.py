@@ -9,11 +9,13 @@ modules (torch, PyAV) are imported inside ``run``, so ``--help`` and mistakes an
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import fcntl
 import functools
 import importlib
+import io
 import os
 import re
 import signal
@@ -35,8 +37,6 @@ T = TypeVar("T")
 
 OPTION_GROUPS: dict[str, type] = {"cues": CueOptions, "outputs": OutputOptions, "workers": Workers,
                                   "ray": RayOptions}  # fmt: skip
-HYDRA_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--hydra-help",
-               "--shell-completion", "-sc", "--version", "--resolve")  # fmt: skip
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM,
                  errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT)  # fmt: skip
 _INTERRUPTED = threading.Event()  # set by Ctrl-C: whatever is raised after it, the user stopped
@@ -270,17 +270,25 @@ def check_command_line(config_name: str, argv: list[str], *,
                 raise ConfigError(_one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    missing = sorted(k for k in _keys(cfg, missing=True) if not k.startswith("hydra"))
-    if missing and not (may_miss is not None and may_miss(cfg)):
-        settings = " ".join(f"{k}=..." for k in missing)
-        raise ConfigError(f"missing required setting(s): {', '.join(missing)} "
-                          f"(add {settings} to the command)")  # fmt: skip
+    if not (may_miss is not None and may_miss(cfg)):
+        check_missing(cfg)
     return cfg
 
 
+def check_missing(cfg: DictConfig) -> None:
+    """ConfigError naming, in one line and dotted, every required setting (``???``) that
+    ``cfg`` leaves unset."""
+    missing = sorted(k for k in _keys(cfg, missing=True) if not k.startswith("hydra"))
+    if missing:
+        settings = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"missing required setting(s): {', '.join(missing)} "
+                          f"(add {settings} to the command)")  # fmt: skip
+
+
 def _yaml_parts(config_name: str) -> tuple[list[str], list[str], list[str]]:
-    """(header comment, group entries of the defaults list, setting lines) of a primary
-    config file, comments kept."""
+    """(header comment, entries of the defaults list, setting lines) of a primary config
+    file, comments kept. An entry is ``group: option``, ``group@package: option`` or the name
+    of a config merged in whole (``common``, ``_self_``)."""
     text = (Path(CONF_DIR) / f"{config_name}.yaml").read_text().splitlines()
     header = []
     for line in text:
@@ -294,7 +302,7 @@ def _yaml_parts(config_name: str) -> tuple[list[str], list[str], list[str]]:
         top = line.split(":")[0]
         if not line[0].isspace() and not line.startswith("#"):
             section = top if top in ("defaults", "hydra") else "settings"
-        if section == "defaults" and line.lstrip().startswith("- ") and ":" in line:
+        if section == "defaults" and line.lstrip().startswith("- "):
             groups.append(line.strip()[2:])
         elif section == "settings":
             settings.append(line)
@@ -307,32 +315,37 @@ def app_help(prog: str, config_name: str) -> str:
     lines = [*header, "", "Settings (key=value on the command line; ??? = required):"]
     lines += [f"  {line}" for line in settings]
     for entry in groups:
-        group, _, rest = entry.partition(":")
-        group = group.strip()
-        default = rest.split("#")[0].strip()
+        name, colon, rest = entry.partition(":")
+        name, default = name.split("#")[0].strip(), rest.split("#")[0].strip()
+        if not colon:  # a config merged in whole
+            if name != "_self_":
+                lines += ["", f"Settings of every app (conf/{name}.yaml):"]
+                lines += [f"  {line}" for line in _yaml_parts(name)[2]]
+            continue
+        group, _, package = name.partition("@")  # augment@augment.train: conf/augment/
+        key = package or group
         if group in OPTION_GROUPS:
             cls = OPTION_GROUPS[group]
-            lines += ["", f"{group}.*: {cls.__doc__.split('(')[0].split('.')[0].strip()}"]
+            lines += ["", f"{key}.*: {cls.__doc__.split('(')[0].split('.')[0].strip()}"]
             for f in fields(cls):
                 value = "null" if f.default is None else f.default
                 if f.default is MISSING:
                     value = "???"
                 note = f.metadata.get("help", "")
-                lines.append(f"  {group}.{f.name}={value}" + (f"    # {note}" if note else ""))
-        elif group not in ("common", "_self_"):
+                lines.append(f"  {key}.{f.name}={value}" + (f"    # {note}" if note else ""))
+        else:
             options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
-            lines += ["", f"{group}={default} (one of: {', '.join(options)}); its settings: "
-                          f"{group}.<key>=value (see conf/{group}/{default}.yaml)"]  # fmt: skip
+            lines += ["", f"{name}={default} (one of: {', '.join(options)}); its settings: "
+                          f"{key}.<key>=value (see conf/{group}/{default}.yaml)"]  # fmt: skip
     lines += ["", f"Hydra's own flags also work: {prog} --cfg job (the composed config), "
                   "-m (sweeps), --hydra-help."]  # fmt: skip
     return "\n".join(lines)
 
 
 def _may_miss_train(cfg: DictConfig) -> bool:
-    """Training fills in a resumed run's settings from its folder, and refuses a new run into
-    a folder that holds one whatever else is missing."""
-    if cfg.get("resume"):
-        return True
+    """With a run in ``output_dir`` (its ``last.pt``), training fills in the settings from it
+    (``resume=true``) or refuses a new run into that folder, whatever else is missing; with
+    none there, every required setting is needed, ``resume=true`` or not."""
     return not OmegaConf.is_missing(cfg, "output_dir") and (
         Path(str(cfg.output_dir)) / "last.pt").is_file()  # fmt: skip
 
@@ -341,6 +354,26 @@ APPS: dict[str, MayMiss | None] = {"train": _may_miss_train, "infer": None, "dem
                                    "eval": None, "export": None, "stream": None, "bench": None}
 """The apps (module ``surgseg.apps.<name>``, command ``surgseg-<name>``, config
 ``conf/<name>.yaml``) and which of them may start with required settings missing."""
+
+
+def _check_before_hydra(app: str, argv: list[str]) -> None:
+    """``check_command_line`` on the overrides of ``argv``, Hydra's flags and their values set
+    aside. Flags that show the config (``--cfg``, ``--info``, ``--package``, ``--resolve``)
+    still have unknown keys refused but may leave required settings out; flags that run no
+    job of ours (``--hydra-help``, ``--version``, ``--shell-completion``, another config with
+    ``-cn``/``-cp``/``-cd``, ``--experimental-rerun``) are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = get_args_parser().parse_args(argv)
+    except SystemExit:  # --version, or a malformed flag: Hydra's own message says which
+        return
+    if (args.hydra_help or args.shell_completion or args.experimental_rerun
+            or args.config_name or args.config_path or args.config_dir):  # fmt: skip
+        return
+    shows = args.cfg or args.info or args.package or args.resolve
+    check_command_line(app, args.overrides, may_miss=(lambda cfg: True) if shows else APPS[app])
 
 
 def launch(app: str) -> None:
@@ -354,8 +387,7 @@ def launch(app: str) -> None:
         if "--help" in argv or "-h" in argv:
             print(app_help(prog, app))
             return
-        if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
-            check_command_line(app, argv, may_miss=APPS[app])
+        _check_before_hydra(app, argv)
         importlib.import_module(f"surgseg.apps.{app}").main()
     except SurgsegError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@ docs/streaming.md."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from surgseg.apps import (
     CONF_DIR,
+    check_bool,
     check_device,
     check_input_size,
     check_int,
@@ -20,12 +22,75 @@ from surgseg.apps import (
     launch,
 )
 from surgseg.apps.infer import build_predictor
-from surgseg.errors import ConfigError
+from surgseg.errors import ConfigError, VideoError
 from surgseg.options import CueOptions, OutputOptions, Workers
 
 if TYPE_CHECKING:
     from surgseg.bench import StandInPredictor
     from surgseg.predictor import Predictor
+
+
+def _positive(cfg: DictConfig, key: str) -> float:
+    """``cfg[key]`` as a positive number, or a ConfigError naming the key."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's plain settings, every one checked before any work is done."""
+
+    batch_size: int
+    held_frames: int
+    queue_size: int
+    max_frames: int | None
+    torch_threads: int | None
+    standin_fps: float | None
+    flops: bool
+    cues: CueOptions
+    outputs: OutputOptions
+    workers: Workers
+
+
+def check_settings(cfg: DictConfig) -> Settings:
+    """Check every setting of ``cfg`` (a ConfigError names the first bad one) before anything
+    is made: no run folder, no synthetic clip, no model."""
+    from surgseg.tasks import class_names
+
+    check_device(cfg)
+    if not cfg.checkpoint:  # a checkpoint brings its own task, checked as it is loaded
+        class_names(cfg.task)
+    if check_input_size(cfg) is None and not cfg.checkpoint:
+        raise ConfigError("input_size is needed when no checkpoint is given")
+    if cfg.input:
+        if not Path(cfg.input).is_file():
+            raise VideoError("no such file", cfg.input)
+    else:
+        for key in ("clip.frames", "clip.width", "clip.height"):
+            check_int(cfg, key, minimum=1)
+        check_int(cfg, "clip.seed", minimum=0)
+        _positive(cfg, "clip.fps")
+        if cfg.clip.width % 2 or cfg.clip.height % 2:
+            raise ConfigError(f"clip.width and clip.height must be even (H.264), got "
+                              f"{cfg.clip.width}×{cfg.clip.height}")  # fmt: skip
+    optional = {
+        key: None if OmegaConf.select(cfg, key) is None else check_int(cfg, key, minimum=1)
+        for key in ("max_frames", "torch_threads")
+    }
+    return Settings(
+        batch_size=check_int(cfg, "batch_size", minimum=1),
+        held_frames=check_int(cfg, "held_frames", minimum=1),
+        queue_size=check_int(cfg, "queue_size", minimum=1),
+        max_frames=optional["max_frames"],
+        torch_threads=optional["torch_threads"],
+        standin_fps=None if cfg.standin_fps is None else _positive(cfg, "standin_fps"),
+        flops=check_bool(cfg, "flops"),
+        cues=dataclass_from(CueOptions, cfg.cues, "cues"),
+        outputs=dataclass_from(OutputOptions, cfg.outputs, "outputs"),
+        workers=dataclass_from(Workers, cfg.workers, "workers"),
+    )  # fmt: skip
 
 
 def _video(cfg: DictConfig) -> Path:
@@ -72,37 +137,31 @@ def _standin(cfg: DictConfig, video: Path, model: Predictor) -> StandInPredictor
                                           strict=False)]  # fmt: skip
         predictions = [p for i in range(0, len(frames), cfg.batch_size)
                        for p in model.predict(frames[i : i + cfg.batch_size])]  # fmt: skip
-    fps = cfg.standin_fps
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0:
-        raise ConfigError(f"standin_fps must be a positive number of frames per second, got "
-                          f"{fps!r}")  # fmt: skip
-    return StandInPredictor(predictions, model.meta, fps=float(fps))
+    return StandInPredictor(predictions, model.meta, fps=_positive(cfg, "standin_fps"))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Benchmark one configuration into ``cfg.run_dir``/bench.json; rebuild the sweep's report."""
+    """Benchmark one configuration into ``cfg.run_dir``/bench.json; rebuild the sweep's report.
+    Every setting is checked first: a mistake leaves no folder, clip or model behind."""
     import torch
 
     from surgseg.atomic import write_json
     from surgseg.bench import bench, write_report
 
-    if cfg.torch_threads:
-        torch.set_num_threads(check_int(cfg, "torch_threads", minimum=1))
+    settings = check_settings(cfg)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    predictor = _predictor(cfg)  # a bad checkpoint is one line, before any folder is made
     claim_output_dir(cfg.run_dir, key="run_dir")
-    cues = dataclass_from(CueOptions, cfg.cues, "cues")
-    outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
-    workers = dataclass_from(Workers, cfg.workers, "workers")
     run_dir = Path(cfg.run_dir)
     video = _video(cfg)
-    predictor = _predictor(cfg)
-    if cfg.standin_fps is not None:
+    if settings.standin_fps is not None:
         predictor = _standin(cfg, video, predictor)
-    max_frames = None if cfg.max_frames is None else check_int(cfg, "max_frames", minimum=1)
-    result = bench(video, predictor=predictor, out_dir=run_dir,
-                   batch_size=check_int(cfg, "batch_size", minimum=1), max_frames=max_frames,
-                   held_frames=check_int(cfg, "held_frames", minimum=1),
-                   queue_size=check_int(cfg, "queue_size", minimum=1), outputs=outputs,
-                   cues=cues, workers=workers, flops=cfg.flops)  # fmt: skip
+    result = bench(video, predictor=predictor, out_dir=run_dir, batch_size=settings.batch_size,
+                   max_frames=settings.max_frames, held_frames=settings.held_frames,
+                   queue_size=settings.queue_size, outputs=settings.outputs,
+                   cues=settings.cues, workers=settings.workers,
+                   flops=settings.flops)  # fmt: skip
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
     result["config"] = config

@@ -16,7 +16,7 @@ import hydra
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, cli_errors, dataclass_from, launch
+from surgseg.apps import CONF_DIR, check_device, cli_errors, dataclass_from, launch
 from surgseg.apps import infer as infer_app
 from surgseg.apps import train as train_app
 from surgseg.demo import evaluate_run, format_number, save_overlay_still, write_report
@@ -48,12 +48,15 @@ def make_clips(cfg: DictConfig, data: Path) -> tuple[Path, Path]:
     jobs += [(data / "heldout", HELDOUT_SEED, cfg.heldout_frames)]
     for folder, seed, frames in jobs:
         if not (folder / "clip.json").exists():
-            write_clip(folder, **{**gen, "num_frames": frames, "seed": seed})
+            # crossing and touching instruments in the training clips only (train_crossings)
+            train = {"crossings": cfg.train_crossings} if folder.name.startswith("train_") else {}
+            write_clip(folder, **{**gen, "num_frames": frames, "seed": seed, **train})
     return clips, data / "heldout"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the demo into ``cfg.output_dir``; return the evaluation figures."""
+    check_device(cfg)  # before any data is generated
     out = Path(cfg.output_dir).resolve()
     _say(f"[1/4] generating synthetic surgeries in {out / 'data'}")
     clips, heldout = make_clips(cfg, out / "data")

@@ -3,7 +3,6 @@ conf/stream.yaml and docs/streaming.md."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from surgseg.options import MASK_FORMATS, CueOptions, OutputOptions, Workers
 
 if TYPE_CHECKING:
     from surgseg.live import LiveStream
-    from surgseg.sinks import CuesWriter
+    from surgseg.stages import Outputs
 
 
 def _paths(cfg: DictConfig) -> tuple[Path | None, Path | None, Path | None]:
@@ -68,39 +67,36 @@ def _ctrl_c_stops(event: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _emit(live: LiveStream, cues_file: CuesWriter | None, masks_fmt: str | None,
+def _emit(live: LiveStream, cues_to: Path | str, masks_fmt: str | None,
           masks_dir: Path | None) -> None:  # fmt: skip
-    """Write every result as it comes; the writers are closed (not aborted) on Ctrl-C."""
+    """Write every result as it comes, through the stage module's outputs (``cues_to``: the
+    cues file, or ``-`` for stdout); the outputs are opened at the first result, once the
+    video's format is known, and closed (not aborted) on Ctrl-C."""
     from surgseg.stages import open_outputs
 
-    masks = None
+    def opened() -> Outputs:
+        # masks.mkv holds the emitted frames in order, each at its frame's pts
+        return open_outputs(masks_dir, info=live.info, cues=cues_to,
+                            options=OutputOptions(masks=masks_fmt, overlay=False),
+                            class_names=live.predictor.meta.class_names)  # fmt: skip
+
+    outputs = None
     try:
-        for n, result in enumerate(live):
-            record = {"index": result.index, "pts": result.pts,
-                      "time_s": round(result.time_s, 6), "corrupt": result.corrupt,
-                      "gap": result.gap, "instruments": result.cues,
-                      "latency_ms": round(1000 * result.latency_s, 2)}  # fmt: skip
-            if cues_file is None:
-                print(json.dumps(record), flush=True)
-            else:
-                cues_file.write(record)
-            if masks_fmt is not None:
-                if masks is None:
-                    masks = open_outputs(masks_dir, info=live.info, cues=False,
-                                         options=OutputOptions(masks=masks_fmt, overlay=False),
-                                         class_names=live.predictor.meta.class_names)  # fmt: skip
-                # masks.mkv holds the emitted frames in order, each at its frame's pts
-                index = result.index if masks_fmt == "png" else n
-                masks.masks.write(index, result.pts, result.mask)
+        for result in live:
+            outputs = outputs or opened()
+            latency = {"latency_ms": round(1000 * result.latency_s, 2)}
+            outputs.write(result.frame, outputs.render(result.frame, result.prediction,
+                                                       result.cues, extra=latency))  # fmt: skip
+        outputs = outputs or opened()  # no frame: the cues file is made all the same
     except KeyboardInterrupt:
         live.close()
     except BaseException:
         live.close()
-        if masks is not None:
-            masks.abort()
+        if outputs is not None:
+            outputs.abort()
         raise
-    if masks is not None:
-        masks.close()
+    if outputs is not None:
+        outputs.close()
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -110,7 +106,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     from surgseg.atomic import write_json
     from surgseg.live import stream
-    from surgseg.sinks import CuesWriter
 
     output, summary_path, masks_dir = _paths(cfg)
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
@@ -125,13 +120,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     live = stream(cfg.input, predictor=predictor, realtime=realtime, drop=cfg.drop,
                   queue_size=queue_size, max_age=cfg.max_age, cues=cues,
                   workers=workers)  # fmt: skip
-    cues_file = CuesWriter(output) if output is not None else None
-    try:
-        with _ctrl_c_stops(live.stop):
-            _emit(live, cues_file, cfg.masks, masks_dir)
-    finally:
-        if cues_file is not None:
-            cues_file.close()
+    with _ctrl_c_stops(live.stop):
+        _emit(live, output if output is not None else "-", cfg.masks, masks_dir)
     summary = {**live.summary(), "output": str(output) if output else "-"}
     lat = summary["latency_ms"]
     print(

@@ -24,20 +24,29 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from surgseg.apps import CONF_DIR, claim_output_dir, cli_errors, launch
+from surgseg.apps import (
+    CONF_DIR,
+    check_device,
+    check_missing,
+    claim_output_dir,
+    cli_errors,
+    launch,
+)
 from surgseg.augment import TransformedSet, build_transform, instantiate_ops
 from surgseg.checkpoint import CheckpointMeta, read_checkpoint
 from surgseg.datasets import SegmentationSet, build_dataset, preflight
 from surgseg.distributed import close_distributed, init_distributed
 from surgseg.errors import CheckpointError, ConfigError
+from surgseg.model import IMAGENET_WEIGHTS, imagenet_state_dict, imagenet_weights
 from surgseg.preprocess import check_input_size
-from surgseg.train import AMP_DTYPES, train
+from surgseg.train import AMP_DTYPES, tensorboard_available, train
 
 ARCH_KEYS = ("depth", "output_stride", "head", "aux_loss")
 # What a resumed run may be given anew: where the run is, how long it goes on (a larger
 # max_steps continues exactly; more epochs lengthen the learning-rate schedule) and how it
 # runs. Everything else is the saved run's.
-RESUME_KEYS = ("output_dir", "resume", "epochs", "max_steps", "device", "num_workers", "progress")
+RESUME_KEYS = ("output_dir", "resume", "epochs", "max_steps", "device", "num_workers", "progress",
+               "tensorboard")  # fmt: skip
 
 
 def _integer(low: int) -> Callable[[Any], bool]:
@@ -87,6 +96,7 @@ CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "sync_bn": ("true or false", _flag),
     "channels_last": ("true or false", _flag),
     "progress": ("true or false", _flag),
+    "tensorboard": ("auto, true or false", lambda v: v == "auto" or _flag(v)),
     "crop_size": ("[height, width] in pixels", _pair(_integer(1))),
     "crop_scale": (
         "[low, high] with 0 < low <= high <= 1",
@@ -104,7 +114,15 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be {what}, got {flat.get(key)!r}")
     if settings["epochs"] is None and settings["max_steps"] is None:
         raise ConfigError("give epochs or max_steps (both are null)")
+    if settings["tensorboard"] is True and not tensorboard_available():
+        raise ConfigError(
+            "tensorboard=true needs the tensorboard package: pip install tensorboard "
+            "(or surgseg[tensorboard]), or set tensorboard=false"
+        )
     check_input_size(settings["input_size"])
+    weights = settings["model"].get("backbone_weights")
+    if isinstance(weights, str) and weights in IMAGENET_WEIGHTS:
+        imagenet_weights(weights, settings["model"]["depth"])
     try:
         instantiate(settings["optim"])([torch.nn.Parameter(torch.zeros(1))])
     except (InstantiationException, TypeError, ValueError) as exc:
@@ -218,6 +236,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     given = _plain(cfg)
     check_settings(given)
+    check_device(cfg)
+    if OmegaConf.is_missing(cfg, "output_dir") or not (Path(cfg.output_dir) / "last.pt").exists():
+        check_missing(cfg)  # no run to take them from: every required setting, in one line
+    # Only now, with the command line found good, is the output folder made.
     out_dir = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes
         claim_output_dir(out_dir)
@@ -233,6 +255,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         settings = _plain(cfg, throw_on_missing=True)
     cfg = OmegaConf.create(settings)
+    check_device(cfg)  # a resumed run's saved device
+    weights = cfg.model.backbone_weights
+    if weights in IMAGENET_WEIGHTS and not last.exists() and int(os.environ.get("RANK", "0")) == 0:
+        # Into torch's cache now, before the data is checked and once for every process
+        # (the others wait to join the process group meanwhile); offline, one line says which
+        # file to place where.
+        imagenet_state_dict(weights, cfg.model.depth, progress=cfg.progress)
     device = init_distributed(cfg.device)
     try:
         train_set, val_set = build_datasets(cfg)
@@ -285,6 +314,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             channels_last=cfg.channels_last,
             progress=cfg.progress,
             val_every=cfg.val_every,
+            tensorboard=None if cfg.tensorboard == "auto" else cfg.tensorboard,
             provenance=provenance,
         )
     finally:
@@ -297,7 +327,7 @@ def main(cfg: DictConfig) -> None:
     result = run(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         best = result["best_val_miou"]
-        best = "no validation set" if best is None else f"best val mIoU {best:.4f}"
+        best = "no validation set" if best is None else f"best val mIoU (foreground) {best:.4f}"
         print(f"surgseg-train: {result['steps']} steps, {best}; checkpoints in {cfg.output_dir}")
 
 

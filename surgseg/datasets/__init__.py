@@ -259,10 +259,12 @@ def build_dataset(
         videos: videos to use, by folder name or number (``3`` → ``instrument_dataset_3`` for
             EndoVis 2017, ``Dataset3`` for 2015); default all found.
         split: None (all of ``videos``), ``val`` (``val_videos``) or ``train`` (``videos``
-            without ``val_videos``).
+            without ``val_videos``); for EndoVis 2017 also ``test``: the released test set
+            (``EndoVis2017Test``) at ``root``, ``videos`` of 1..10 (default all found).
         val_videos: the validation videos, for ``split``.
         fold: EndoVis 2017 only: ``val_videos = ENDOVIS2017_FOLDS[fold]`` among videos 1..8,
-            and ``split`` defaults to ``val``.
+            and ``split`` defaults to ``val``; with ``split="test"`` the test frames of those
+            videos (the ones the fold's model did not train on, as the challenge asks).
         kwargs: options of the layout's class (``crop`` for EndoVis 2017, ``class_map`` for
             generic, ``step`` for EndoVis 2015).
     """
@@ -280,6 +282,15 @@ def build_dataset(
             raise DatasetError(f"fold is for endovis2017 only, not {kind}", root)
         if fold not in ENDOVIS2017_FOLDS:
             raise DatasetError(f"fold must be one of {list(ENDOVIS2017_FOLDS)}, got {fold}", root)
+    if split == "test":
+        if kind != "endovis2017":
+            raise DatasetError(f"split 'test' is for endovis2017 only, not {kind}", root)
+        from surgseg.datasets.endovis2017 import EndoVis2017Test
+
+        held_out = None if fold is None else ENDOVIS2017_FOLDS[fold]
+        names = video_names(videos if held_out is None else held_out, cls.video_prefix)
+        return EndoVis2017Test(root, task=task, videos=names, **kwargs)
+    if fold is not None:
         if val_videos is not None:
             raise DatasetError("give either fold or val_videos, not both", root)
         val_videos = ENDOVIS2017_FOLDS[fold]
@@ -288,7 +299,7 @@ def build_dataset(
     names = video_names(videos, cls.video_prefix)
     if split is not None:
         if split not in ("train", "val"):
-            raise DatasetError(f"split must be 'train' or 'val', got {split!r}", root)
+            raise DatasetError(f"split must be 'train', 'val' or 'test', got {split!r}", root)
         val = video_names(val_videos, cls.video_prefix)
         if val is None:
             raise DatasetError(f"split {split!r} needs val_videos (or fold)", root)

@@ -11,7 +11,10 @@ the session runs on its own CUDA stream (``user_compute_stream``): that stream w
 caller's current stream, the caller's stream waits for it, and ``run_with_iobinding`` returns
 without synchronizing the host. The TensorRT provider's Python options do not take a stream in
 every ONNX Runtime version, so with it the host waits for the input and for the run. fp32 on
-CUDA is FP32: the CUDA provider's TF32 convolutions are off unless ``tf32=True``.
+CUDA is FP32: the CUDA provider's TF32 convolutions are off unless ``tf32=True``. The TensorRT
+provider has no TF32 option (ONNX Runtime's TensorRT provider options), and TensorRT's builder
+enables TF32 for float32 layers by default, so fp32 there is TF32: ``precision`` is then "tf32"
+and the engine's name says so ("onnxruntime tf32").
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class OnnxRuntimeEngine(Engine):
         precision: "fp32" or "fp16" (the exported graph's type; TensorRT EP builds fp16 too).
         threads: intra-op threads on the CPU (0: ONNX Runtime's default).
         profile: optional {"min","opt","max"} NCHW shapes for the TensorRT provider.
-        tf32: let the CUDA provider's float32 convolutions use TF32 (off: fp32 is FP32).
+        tf32: let the CUDA provider's float32 convolutions use TF32 (off: fp32 is FP32). The
+            TensorRT provider has no such switch: with it, fp32 is TF32 (``self.precision``).
     """
 
     name = "onnxruntime"
@@ -153,6 +157,9 @@ class OnnxRuntimeEngine(Engine):
                 self.onnx_path,
             )
         self._index = index
+        self.precision = run_precision(precision, names)
+        if self.precision == "tf32":
+            self.name = "onnxruntime tf32"
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, torch.float32).contiguous()
@@ -191,6 +198,15 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         self.session = None
+
+
+def run_precision(precision: str, providers: Sequence[str]) -> str:
+    """The precision float32 layers really run in: "tf32" for an fp32 graph whose first provider
+    is TensorRT (it has no TF32 option and TensorRT enables TF32 by default), else
+    ``precision``."""
+    if precision == "fp32" and list(providers)[:1] == ["tensorrt"]:
+        return "tf32"
+    return precision
 
 
 def _trt_profile_options(profile: dict[str, Sequence[int]] | None) -> dict[str, str]:

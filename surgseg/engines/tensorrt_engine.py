@@ -16,8 +16,20 @@ its own CUDA stream: it waits for the caller's current stream (an event), and th
 stream waits for it, so results are ordered without synchronizing the host, and nothing is
 enqueued on the legacy default stream (which TensorRT warns synchronizes).
 
-On Jetson, TensorRT 10 comes with JetPack as system Python bindings (no pip wheel); ``dla_core``
-runs the engine on a DLA core with GPU fallback for layers the DLA lacks (fp16/int8 only).
+Every TensorRT call whose result says whether it worked is checked: a rejected input shape or
+tensor address is an error naming the tensor; a timing cache TensorRT will not take is dropped
+with a warning (the build goes on without it). Tensor addresses are 256-byte aligned, as
+``setTensorAddress`` requires (NvInferRuntime.h): an input that is not is copied first.
+
+On Jetson, TensorRT 10 comes with JetPack as system Python bindings (no pip wheel; JetPack 6.1
+and 6.2 ship TensorRT 10.3); ``dla_core`` runs the engine on a DLA core with GPU fallback for
+layers the DLA lacks (fp16/int8 only). DLA exists in TensorRT 10.0–10.7 and again from 11.4.1
+(Jetson AGX Orin with JetPack ≥ 7.2.2); 10.8–10.x, 11.0–11.3 and 11.4.0 (Windows on ARM only)
+have none for Jetson, and ``dla_core`` is refused there with one line.
+
+The CUDA side (device, stream, events) sits behind ``_cuda_device``, ``_device_guard`` and
+``_EngineStream``; the tests replace those three and the ``tensorrt`` module with fakes to run
+``build_engine`` and ``infer`` end to end on the CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +37,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +58,7 @@ from surgseg.engines.cache import (
     profile_shapes,
 )
 from surgseg.errors import ConfigError
-from surgseg.export import DEFAULT_CACHE_DIR, cached_onnx, read_onnx_meta
+from surgseg.export import BF16_OPSET, DEFAULT_CACHE_DIR, cached_onnx, read_onnx_meta
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = (
@@ -56,6 +69,15 @@ MIN_VERSION = (10, 0)
 BF16_CAPABILITY = (8, 0)
 DLA_PRECISIONS = ("fp16", "int8")
 CALIBRATION_KEYS = ("folder", "limit", "method")
+ALIGNMENT = 256  # bytes: setTensorAddress needs "at least 256-byte alignment" (NvInferRuntime.h)
+# DLA for Jetson: 10.0–10.7 ("TensorRT 10.7 was the last 10.x release that supported DLA") and
+# from 11.4.1 on (Jetson AGX Orin, JetPack ≥ 7.2.2); not 11.0–11.3; 11.4.0: Windows on ARM only.
+DLA_RELEASES = (((10, 0, 0), (10, 8, 0)), ((11, 4, 1), (12, 0, 0)))
+DLA_MATRIX = (
+    "TensorRT 10.0–10.7 (JetPack 6.1/6.2 ship 10.3) or ≥ 11.4.1 (Jetson AGX Orin, JetPack ≥ 7.2.2)"
+)
+# Highest ONNX opset the ONNX-TensorRT parser documents (docs/operators.md), from that release.
+PARSER_OPSETS = (((10, 0), 20), ((10, 15), 24), ((11, 0), 24), ((11, 5), 25))
 
 
 def import_tensorrt() -> Any:
@@ -81,6 +103,31 @@ def trt_version(version: str) -> tuple[int, int]:
             f"engine=tensorrt needs TensorRT ≥ {MIN_VERSION[0]}.{MIN_VERSION[1]}, found {version}"
         )
     return found
+
+
+def trt_release(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a TensorRT version string ("10.3.0", "11.4.1.7"; patch 0 if
+    absent); ConfigError if unreadable or below 10.0."""
+    trt_version(version)
+    major, minor, patch = ([int(p) for p in re.findall(r"\d+", version)] + [0])[:3]
+    return major, minor, patch
+
+
+def check_dla(version: str, dla_core: int | None) -> None:
+    """ConfigError (one line) if ``dla_core`` is set and TensorRT ``version`` has no DLA."""
+    if dla_core is None:
+        return
+    release = trt_release(version)
+    if not any(lo <= release < hi for lo, hi in DLA_RELEASES):
+        raise ConfigError(
+            f"engine.dla_core needs a TensorRT with DLA support, {DLA_MATRIX}; "
+            f"TensorRT {version} has none: leave engine.dla_core unset to run on the GPU"
+        )
+
+
+def documented_opset(version: tuple[int, int]) -> int:
+    """The highest ONNX opset TensorRT ``version``'s ONNX parser is documented for."""
+    return max(opset for since, opset in PARSER_OPSETS if version >= since)
 
 
 def network_flags(trt: Any, version: tuple[int, int]) -> int:
@@ -130,7 +177,7 @@ def configure_builder(
         if not 0 <= dla_core < cores:
             raise ConfigError(
                 f"engine.dla_core={dla_core}, but this device has {cores} DLA cores "
-                "(DLA cores exist on Jetson AGX Orin/Xavier-class devices)"
+                "(Jetson AGX Orin and Orin NX have DLA cores)"
             )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
@@ -155,37 +202,80 @@ def build_engine(
 ) -> bytes:
     """Parse ``onnx_path`` into a strongly typed network and return the serialized engine.
 
-    The timing cache file is read if present and written back (atomically) after the build.
+    The timing cache file is read if present and written back (atomically) after the build; a
+    cache TensorRT does not take (another version, another GPU, damaged) is replaced by an
+    empty one, with a warning, and the build goes on without it if that is refused too.
     """
     from surgseg.atomic import atomic_path
 
     trt = import_tensorrt()
     version = trt_version(trt.__version__)
+    check_dla(trt.__version__, dla_core)
+    opset = _onnx_opset(onnx_path)
+    beyond = opset > documented_opset(version)
+    if beyond:
+        log.warning(
+            "%s is opset %d; TensorRT %s's ONNX parser is documented up to opset %d "
+            "(bf16 Conv needs opset 22: TensorRT ≥ 10.15); if parsing fails, upgrade TensorRT "
+            "or use precision=fp16",
+            onnx_path, opset, trt.__version__, documented_opset(version),
+        )  # fmt: skip
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, version))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ConfigError(f"TensorRT cannot parse the ONNX file: {errors}", onnx_path)
+        hint = f" (opset {opset} is beyond what TensorRT {trt.__version__} documents)"
+        raise ConfigError(
+            f"TensorRT cannot parse the ONNX file: {errors}{hint if beyond else ''}", onnx_path
+        )
 
     config = builder.create_builder_config()
     configure_builder(trt, builder, config, workspace_gb=workspace_gb, tf32=tf32, dla_core=dla_core)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
-    config.add_optimization_profile(opt_profile)
-    if timing_cache is not None:
-        timing_cache = Path(timing_cache)
-        data = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise ConfigError(
+            f"TensorRT rejected the optimization profile {profile} for input {input_name!r}"
+        )
+    cache = _use_timing_cache(config, Path(timing_cache)) if timing_cache is not None else None
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
-    if timing_cache is not None:
+    if cache is not None:
         with atomic_path(timing_cache) as tmp:
-            tmp.write_bytes(config.get_timing_cache().serialize())
+            tmp.write_bytes(bytes(cache.serialize()))
     return bytes(plan)
+
+
+def _onnx_opset(path: str | Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _use_timing_cache(config: Any, path: Path) -> Any:
+    """Give ``config`` the timing cache stored at ``path``, or a new one if TensorRT refuses it
+    (another TensorRT or GPU, or a damaged file); the cache in use, or None (with a warning)."""
+    if path.is_file():
+        cache = _set_timing_cache(config, path.read_bytes())
+        if cache is not None:
+            return cache
+        log.warning("TensorRT refused the timing cache %s; starting a new one", path)
+    cache = _set_timing_cache(config, b"")
+    if cache is None:
+        log.warning("TensorRT refused a new timing cache; building without one")
+    return cache
+
+
+def _set_timing_cache(config: Any, data: bytes) -> Any:
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        return None
+    return cache
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
@@ -199,6 +289,65 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     if dtype not in table:
         raise ConfigError(f"TensorRT tensor type {dtype} is not supported as engine I/O")
     return table[dtype]
+
+
+def _cuda_device(device: torch.device) -> tuple[torch.device, str, tuple[int, int]]:
+    """``device`` with its index filled in, its name and its compute capability."""
+    if device.type != "cuda":
+        raise ConfigError(f"engine=tensorrt needs a CUDA device, got device={device}")
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    major, minor = torch.cuda.get_device_capability(device)
+    return device, torch.cuda.get_device_name(device), (major, minor)
+
+
+def _device_guard(device: torch.device) -> Any:
+    """Make ``device`` current (TensorRT builds and runs on the current CUDA device)."""
+    return torch.cuda.device(device)
+
+
+class _EngineStream:
+    """The engine's own CUDA stream, ordered after the caller's current stream and before the
+    caller's next work by events, so nothing is enqueued on the legacy default stream."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    @contextmanager
+    def ordered(self, *tensors: torch.Tensor) -> Iterator[int]:
+        """Yield the stream handle for ``execute_async_v3``; ``tensors`` (input and output) are
+        kept from other streams until the engine's work on them is done."""
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)  # the input is written
+        yield self.stream.cuda_stream
+        caller.wait_stream(self.stream)  # the caller's next work sees the output
+        for tensor in tensors:
+            tensor.record_stream(self.stream)
+
+
+def aligned(tensor: torch.Tensor, alignment: int = ALIGNMENT) -> torch.Tensor:
+    """``tensor`` (contiguous) if its address is a multiple of ``alignment`` bytes, else an
+    aligned contiguous copy."""
+    tensor = tensor.contiguous()
+    if tensor.data_ptr() % alignment == 0:
+        return tensor
+    copy = aligned_empty(tensor.shape, tensor.dtype, tensor.device, alignment)
+    return copy.copy_(tensor)
+
+
+def aligned_empty(
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device, alignment: int = ALIGNMENT
+) -> torch.Tensor:
+    """An uninitialised contiguous tensor whose address is a multiple of ``alignment`` bytes
+    (a view into a slightly larger buffer when the allocator's own block is not)."""
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if out.data_ptr() % alignment == 0:
+        return out
+    nbytes = out.numel() * out.element_size()
+    raw = torch.empty(nbytes + alignment, dtype=torch.uint8, device=device)
+    start = -raw.data_ptr() % alignment
+    return raw[start : start + nbytes].view(dtype).view(tuple(shape))
 
 
 class TensorRTEngine(Engine):
@@ -242,13 +391,8 @@ class TensorRTEngine(Engine):
             raise ConfigError(f"engine.precision must be one of {PRECISIONS}, got {precision!r}")
         trt = import_tensorrt()
         trt_version(trt.__version__)
-        self.device = torch.device(device)
-        if self.device.type != "cuda":
-            raise ConfigError(f"engine=tensorrt needs a CUDA device, got device={self.device}")
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        gpu = torch.cuda.get_device_name(self.device)
-        capability = torch.cuda.get_device_capability(self.device)
+        check_dla(trt.__version__, dla_core)
+        self.device, gpu, capability = _cuda_device(torch.device(device))
         check_precision(precision, capability, gpu, dla_core)
         cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
         onnx_file, meta = self._source_onnx(model, meta, onnx_path, cache_dir, precision)
@@ -287,7 +431,7 @@ class TensorRTEngine(Engine):
             )
             tmp.write_bytes(plan)
 
-        with torch.cuda.device(self.device):
+        with _device_guard(self.device):
             build_once(self.engine_path, key, build)
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
@@ -299,7 +443,10 @@ class TensorRTEngine(Engine):
                     f"TensorRT could not load {self.engine_path}; delete it to rebuild"
                 )
             self.context = self.engine.create_execution_context()
-            self._stream = torch.cuda.Stream(self.device)
+            if self.context is None:
+                raise RuntimeError(f"TensorRT could not create an execution context for "
+                                   f"{self.engine_path} (out of GPU memory?)")  # fmt: skip
+            self._stream = _EngineStream(self.device)
         self._lock = threading.Lock()
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -330,6 +477,13 @@ class TensorRTEngine(Engine):
             raise ConfigError(
                 f"ONNX file holds a {stored} graph; precision={precision} needs a "
                 f"{graph_precision} export (surgseg-export precision={graph_precision})",
+                onnx_path,
+            )
+        if stored == "bf16" and _onnx_opset(onnx_path) < BF16_OPSET:
+            raise ConfigError(
+                f"this bf16 graph is opset {_onnx_opset(onnx_path)}, not valid ONNX (bfloat16 "
+                f"Conv needs opset {BF16_OPSET}): export it again with surgseg-export "
+                "precision=bf16",
                 onnx_path,
             )
         return Path(onnx_path), meta or onnx_meta
@@ -364,24 +518,27 @@ class TensorRTEngine(Engine):
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, self.input_dtype).contiguous()
+        batch = aligned(batch.to(self.device, self.input_dtype))
         self.profile.check(batch.shape)
-        caller = torch.cuda.current_stream(self.device)
         with self._lock:  # one execution context: shapes, addresses and enqueue go together
             if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
-                raise ConfigError(f"TensorRT rejected input shape {list(batch.shape)}")
+                raise ConfigError(
+                    f"TensorRT rejected input shape {list(batch.shape)} for "
+                    f"{self.input_name!r} (profile min {list(self.profile.min)}, "
+                    f"max {list(self.profile.max)})"
+                )
             shape = tuple(self.context.get_tensor_shape(self.output_name))
-            out = torch.empty(shape, dtype=self.output_dtype, device=self.device)
-            self.context.set_tensor_address(self.input_name, batch.data_ptr())
-            self.context.set_tensor_address(self.output_name, out.data_ptr())
-            self._stream.wait_stream(caller)  # the input is written
-            if not self.context.execute_async_v3(self._stream.cuda_stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed (see its log)")
-            caller.wait_stream(self._stream)  # the caller's next work sees the output
-        # Both tensors belong to the caller's stream; keep them from being reused by another
-        # stream before the engine has finished with them.
-        batch.record_stream(self._stream)
-        out.record_stream(self._stream)
+            out = aligned_empty(shape, self.output_dtype, self.device)
+            for name, tensor in ((self.input_name, batch), (self.output_name, out)):
+                if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                    raise RuntimeError(
+                        f"TensorRT rejected the address {tensor.data_ptr():#x} of tensor "
+                        f"{name!r} (it needs {ALIGNMENT}-byte alignment and a tensor name of "
+                        f"the engine, {[self.input_name, self.output_name]})"
+                    )
+            with self._stream.ordered(batch, out) as handle:
+                if not self.context.execute_async_v3(handle):
+                    raise RuntimeError("TensorRT execute_async_v3 failed (see its log)")
         return out
 
     def close(self) -> None:
