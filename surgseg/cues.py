@@ -1,7 +1,8 @@
 """Geometric pose cues of instruments from a label mask in frame coordinates.
 
-Each instrument is a connected component of the mask; for it we report where it enters the
-endoscope's view (entry), its far end (tip), its shaft axis, and a few plain measurements.
+Each instrument is a connected component of the mask (split per entry where instruments touch
+or cross: ``surgseg.instances``); for it we report where it enters the endoscope's view
+(entry), its far end (tip), its shaft axis, and a few plain measurements.
 Image coordinates: x right, y down, pixel centres at integer coordinates. The exact
 definitions are in the README, section "Pose cues". Nothing here knows about networks. Also
 here: matching measured cues to ground-truth instruments and summarizing their errors.
@@ -18,6 +19,8 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from surgseg.instances import far_end, split_component
+from surgseg.options import CueOptions
 from surgseg.tasks import CLASPER, IGNORE_INDEX, SHAFT, WRIST, class_names
 from surgseg.tracking import Tracker
 
@@ -202,6 +205,8 @@ class _Frame:
     task: str
     tip_band: float
     axis_span: float
+    tip_probability: float | None = None
+    tip_reach: float = 0.0
 
 
 def _mean_xy(pixels: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[int, float, float]:
@@ -285,6 +290,11 @@ def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _F
     tip = np.array([tip_x, tip_y])
     # A tip band reaching into the border band is the view's edge, not the instrument's end.
     tip_in_view = not cv2.countNonZero((far & frame.band[crop]).view(np.uint8))
+    if frame.tip_probability is not None and frame.confidence is not None and tip_in_view:
+        refined = far_end(inside, (x, y), entry, tip, frame.mask, frame.confidence,
+                          probability=frame.tip_probability, tip_band=frame.tip_band,
+                          reach=frame.tip_reach)  # fmt: skip
+        tip = tip if refined is None else refined
     if axis @ (tip - entry) < 0:
         axis = -axis
 
@@ -357,10 +367,13 @@ def find_instruments(
     task: str = "binary",
     confidence: np.ndarray | None = None,
     view: FieldOfView | np.ndarray | None = None,
-    min_area: int = 50,
-    border_band: float = 3.0,
-    tip_band: float = 2.0,
+    min_area: int = CueOptions.min_area,  # the defaults are defined once, in CueOptions
+    border_band: float = CueOptions.border_band,
+    tip_band: float = CueOptions.tip_band,
     axis_span: float = 1.5,
+    split: bool = True,
+    tip_probability: float | None = 0.2,
+    tip_reach: float = 12.0,
 ) -> list[Instrument]:
     """Instruments in an (H, W) label mask, largest first.
 
@@ -370,7 +383,8 @@ def find_instruments(
     Args:
         mask: integer labels of ``task`` (0 background; ``IGNORE_INDEX`` counts as background).
         task: ``binary``/``parts``: one instrument per 8-connected component of the
-            foreground; ``types``: one per 8-connected component of each type label.
+            foreground (per entry, with ``split``); ``types``: one per 8-connected component
+            of each type label.
         confidence: optional (H, W) map; each instrument reports its mean over its pixels, on
             0..1: a float map holds probabilities (0..1), a uint8 map probability × 255.
         view: the field of view: a ``FieldOfView`` (build one per video: its border band is
@@ -380,6 +394,12 @@ def find_instruments(
         tip_band: the tip is the centroid of the pixels within this distance of the farthest.
         axis_span: without shaft labels, the axis is fitted to the first ``axis_span`` shaft
             widths of the instrument beyond its entry (the shaft, not the bent wrist).
+        split: in ``binary``/``parts``, split a component that enters the view in separate
+            stretches into one instrument per entry (``surgseg.instances.split_component``).
+        tip_probability, tip_reach: with a confidence map, read the tip from the instrument
+            grown by the background pixels within ``tip_reach`` px of its tip whose
+            instrument probability is at least ``tip_probability``
+            (``surgseg.instances.far_end``); None: from the mask alone.
 
     The exact definitions are in the README, section "Pose cues".
     """
@@ -408,11 +428,18 @@ def find_instruments(
         task=task,
         tip_band=tip_band,
         axis_span=axis_span,
+        tip_probability=tip_probability,
+        tip_reach=tip_reach,
     )
     instruments = []
     for inside, (x, y) in components:
         if task != "types":
-            instruments.append(_describe(inside, (x, y), 1, frame))
+            box = (slice(y, y + inside.shape[0]), slice(x, x + inside.shape[1]))
+            pieces = split and split_component(
+                inside, frame.band[box], mask[box] if task == "parts" else None,
+                axis_span=axis_span, min_area=min_area)  # fmt: skip
+            for piece, (px, py) in pieces or [(inside, (0, 0))]:
+                instruments.append(_describe(piece, (x + px, y + py), 1, frame))
             continue
         labels = mask[y : y + inside.shape[0], x : x + inside.shape[1]]
         for value in np.unique(labels[inside]):

@@ -21,7 +21,7 @@ import itertools
 import json
 import math
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -40,6 +40,7 @@ INSTRUMENTS_FILE = "instruments.jsonl"
 MAX_INSTRUMENTS = 3
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
+_CROSSING_STREAM = 0x63726F73  # the random stream of the crossings setting: [seed, this]
 _MAX_BEND = math.radians(35.0)
 
 
@@ -357,6 +358,12 @@ class SyntheticSurgery:
         fps: frame rate; motion is a function of time ``index / fps``.
         smoke, blur, highlights: allow surgical smoke (on some clips), blurred frames (some
             frames) and specular highlights.
+        crossings: probability (0..1) that the clip's first two instruments are aimed at one
+            point, so that they cross, touch and part again as they move (a clip drawn with one
+            instrument gets a second). 0 (the default) leaves every clip as it was: the choice
+            and the aiming draw from a random stream of their own.
+        still: the instruments hold still (at their pose of time 0); the tissue still
+            breathes, smoke drifts and frames blur.
     """
 
     width: int = 640
@@ -367,8 +374,11 @@ class SyntheticSurgery:
     smoke: bool = True
     blur: bool = True
     highlights: bool = True
+    crossings: float = 0.0
+    still: bool = False
     fov: tuple[float, float, float] = field(init=False)  # centre x, centre y, radius
     has_smoke: bool = field(init=False)
+    crossing: bool = field(init=False)  # the first two instruments are aimed to cross
 
     def __post_init__(self) -> None:
         if self.width < 32 or self.height < 32:
@@ -383,6 +393,8 @@ class SyntheticSurgery:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if not 0.0 <= self.crossings <= 1.0:
+            raise ConfigError(f"crossings must be a probability in 0..1, got {self.crossings}")
         rng = np.random.default_rng(self.seed)
         w, h = self.width, self.height
         half = min(w, h) / 2
@@ -415,6 +427,11 @@ class SyntheticSurgery:
             for i in range(n)
         ]
         self._order = [int(i) for i in rng.permutation(n)]  # painting order, back to front
+        self.crossing = False
+        if self.crossings > 0 and (self.num_instruments or 2) >= 2:
+            cross = np.random.default_rng([self.seed, _CROSSING_STREAM])
+            if cross.random() < self.crossings:
+                self._aim_to_cross(cross, types)
 
         self.has_smoke = bool(self.smoke and rng.random() < 0.6)
         self._smoke = (
@@ -425,6 +442,20 @@ class SyntheticSurgery:
             rng.uniform(0.1, 0.5, size=6),  # wave speeds, rad/s
             rng.uniform(0, 2 * np.pi, size=6),
         )
+
+    def _aim_to_cross(self, rng: np.random.Generator, types: np.ndarray) -> None:
+        """Re-aim instruments 0 and 1 at one point near the view centre (adding instrument 1
+        when the clip has only one), drawing from ``rng`` only."""
+        radius = self.fov[2]
+        if len(self._instruments) == 1:
+            spare = np.setdiff1d(np.arange(1, len(INSTRUMENT_TYPES) + 1), types)
+            heading = self._instruments[0].inward + rng.uniform(-1.0, 1.0)  # opposite side
+            self._instruments.append(
+                _sample_instrument(rng, 1, int(rng.choice(spare)), heading, self._center, radius)
+            )
+            self._order = [int(i) for i in rng.permutation(2)]
+        self._instruments[:2] = _crossing_pair(rng, *self._instruments[:2], self._center, radius)
+        self.crossing = True
 
     @property
     def instrument_types(self) -> list[int]:
@@ -446,7 +477,8 @@ class SyntheticSurgery:
         types = np.zeros((h, w), np.uint8)
         instances = np.zeros((h, w), np.uint8)
         canvas = np.empty((h, w), np.uint8)
-        poses = [inst.pose(t, self._center, self.fov[2]) for inst in self._instruments]
+        moment = 0.0 if self.still else t
+        poses = [inst.pose(moment, self._center, self.fov[2]) for inst in self._instruments]
         areas = {}
         for i in self._order:
             inst = self._instruments[i]
@@ -539,6 +571,44 @@ def _random_blur(image: np.ndarray, rng: np.random.Generator, radius: float) -> 
     return cv2.filter2D(image, -1, kernel / kernel.sum())
 
 
+def _crossing_pair(
+    rng: np.random.Generator, a: _Instrument, b: _Instrument, center: np.ndarray, radius: float
+) -> tuple[_Instrument, _Instrument]:
+    """``a`` and ``b`` re-aimed so that their shafts meet at a point ``x`` near the view centre:
+    ``b``'s trocar is moved to 45°..130° from ``a``'s around the view; each pivots about the
+    direction to ``x`` with a small sway, and slides in and out about a depth that takes ``a``'s
+    shaft end and ``b``'s jaws near ``x``. So the pair crosses (shaft over shaft), touches (jaws
+    on a shaft, jaws on jaws) or parts, in turn, within a clip."""
+    x = center + rng.uniform(0.0, 0.35) * radius * _rot(np.array([1.0, 0.0]), rng.uniform(0, 6.3))
+    heading = a.inward - np.pi + rng.choice([-1, 1]) * rng.uniform(0.8, 2.3)
+    distance = float(np.linalg.norm(b.pivot - center))
+    b = replace(b, pivot=center + distance * np.array([math.cos(heading), math.sin(heading)]),
+                inward=heading + np.pi)  # fmt: skip
+    aimed = []
+    for inst, reach in ((a, rng.uniform(-0.1, 0.4)), (b, rng.uniform(-0.45, 0.05))):
+        outside = float(np.linalg.norm(inst.pivot - center)) - radius
+        max_pivot = math.asin(0.5 * radius / (radius + outside))
+        to_x = x - inst.pivot
+        turn = (math.atan2(to_x[1], to_x[0]) - inst.inward + np.pi) % (2 * np.pi) - np.pi
+        mean_pivot = float(np.clip(turn, -0.8 * max_pivot, 0.8 * max_pivot))
+        # the entry at that pivot, and how far along the shaft x lies from it
+        u = _rot(np.array([math.cos(inst.inward), math.sin(inst.inward)]), mean_pivot)
+        d = inst.pivot - center
+        s = float(d @ u)
+        entry = inst.pivot + (-s - math.sqrt(max(s * s - float(d @ d) + radius**2, 0.0))) * u
+        along = float((x - entry) @ u) / radius
+        depth = float(np.clip(along + reach, 0.2, 0.85))
+        _, _, freqs, phases = inst.motion["depth"]
+        _, _, pfreqs, pphases = inst.motion["pivot"]
+        sway = rng.uniform(0.1, 0.35) * (max_pivot - abs(mean_pivot))
+        aimed.append(replace(inst, motion={
+            **inst.motion,
+            "depth": (depth, min(rng.uniform(0.08, 0.18), 0.95 - depth), freqs, phases),
+            "pivot": (mean_pivot, sway, pfreqs, pphases),
+        }))  # fmt: skip
+    return aimed[0], aimed[1]
+
+
 def _sample_instrument(
     rng: np.random.Generator,
     index: int,
@@ -606,6 +676,8 @@ def write_clip(
     smoke: bool = True,
     blur: bool = True,
     highlights: bool = True,
+    crossings: float = 0.0,
+    still: bool = False,
     codec: str = "libx264",
     progress: bool = False,
 ) -> Path:
@@ -615,7 +687,7 @@ def write_clip(
     ``masks.npz`` (``parts``, ``types``, ``instances``: (N, H, W) uint8),
     ``instruments.jsonl`` (one line per frame) and finally ``clip.json``; a folder without
     ``clip.json`` is incomplete. All masks are held in memory until the end (3 bytes per
-    pixel per frame).
+    pixel per frame). ``crossings``, ``still``: see ``SyntheticSurgery``.
     """
     if num_frames < 1:
         raise ConfigError(f"num_frames must be at least 1, got {num_frames}")
@@ -633,6 +705,8 @@ def write_clip(
         smoke=smoke,
         blur=blur,
         highlights=highlights,
+        crossings=crossings,
+        still=still,
     )
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -678,6 +752,9 @@ def write_clip(
             "smoke": surgery.has_smoke,
             "blur": blur,
             "highlights": highlights,
+            "crossings": crossings,
+            "crossing": surgery.crossing,
+            "still": still,
         },
     )
     return root

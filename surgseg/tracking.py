@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from surgseg.options import CueOptions
+
 if TYPE_CHECKING:
     from surgseg.cues import Instrument
 
@@ -104,8 +106,8 @@ class Tracker:
     def __init__(
         self,
         *,
-        max_distance: float = 80.0,
-        max_missed: int = 10,
+        max_distance: float = CueOptions.track_max_distance,  # defaults defined once, there
+        max_missed: int = CueOptions.track_max_missed,
         tip_weight: float = 0.25,
         label_penalty: float = 40.0,
         smoothing: Smoothing | None = None,

@@ -158,7 +158,10 @@ def test_types_separates_touching_instruments():
     mask = np.zeros((H, W), np.uint8)
     _bar(mask, (-5, 200), (300, 200), 30, 3)
     _bar(mask, (300, -5), (300, 190), 30, 6)  # touches the first one
-    assert len(find_instruments(mask, task="binary")) == 1
+    assert len(find_instruments(mask, task="binary", split=False)) == 1  # one component
+    # split at its two entries (surgseg.instances; tests/test_instances.py)
+    assert sorted(inst.entry for inst in find_instruments(mask, task="binary")) == [
+        pytest.approx((1, 200)), pytest.approx((300, 1))]  # fmt: skip
     found = find_instruments(mask, task="types")
     assert sorted(inst.label for inst in found) == [3, 6]
     for inst in found:
@@ -424,7 +427,8 @@ def test_matches_full_frame_reference(seed, task):
         for view, given, confidence in ((estimated, fov, conf), (estimated, estimated, None),
                                         (None, None, (conf * 255).astype(np.uint8))):  # fmt: skip
             expected = _reference(mask, task, view, confidence)
-            found = find_instruments(mask, task=task, view=given, confidence=confidence)
+            found = find_instruments(mask, task=task, view=given, confidence=confidence,
+                                     tip_probability=None)  # tips from the mask, as here
             _assert_same(found, expected)
             checked += sum(inst.entry_on_border for inst in found)
     assert checked > 0
@@ -447,8 +451,10 @@ def test_matches_reference_on_touching_and_nested_blobs(seed):
     for task in ("parts", "binary", "types"):
         for given in (None, view):
             expected = _reference(mask, task, given, conf, min_area=5)
+            # one instrument per component, as the reference (splits: tests/test_instances.py)
             _assert_same(find_instruments(mask, task=task, view=given, confidence=conf,
-                                          min_area=5), expected)  # fmt: skip
+                                          min_area=5, split=False, tip_probability=None),
+                         expected)  # fmt: skip
 
 
 def test_zero_tip_band_gives_the_farthest_pixels():
@@ -517,3 +523,21 @@ def test_a_tip_cut_by_the_view_border_is_flagged():
     inside[50:62, :120] = SHAFT  # enters at the left, ends inside the view
     [inst] = find_instruments(inside, task="parts")
     assert inst.entry_on_border and inst.tip_in_view and inst.tip[0] == pytest.approx(118.5, abs=1)
+
+
+def test_cue_defaults_are_those_of_cue_options():
+    """One copy of the cue defaults: ``surgseg.options.CueOptions`` (the apps' ``cues.*``);
+    ``find_instruments`` and ``Tracker`` called without them behave as the apps do."""
+    import inspect
+
+    from surgseg.options import CueOptions
+    from surgseg.tracking import Tracker
+
+    options = CueOptions()
+    finder = inspect.signature(find_instruments).parameters
+    tracker = inspect.signature(Tracker).parameters
+    assert {k: finder[k].default for k in ("min_area", "border_band", "tip_band")} == {
+        "min_area": options.min_area, "border_band": options.border_band,
+        "tip_band": options.tip_band}  # fmt: skip
+    assert tracker["max_distance"].default == options.track_max_distance
+    assert tracker["max_missed"].default == options.track_max_missed

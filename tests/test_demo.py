@@ -49,3 +49,26 @@ def test_tiny_demo_writes_everything(tmp_path):
     gt = result["cues_from_ground_truth"]
     assert gt["count"] > 0 and gt["tip_px_median"] < 3 and gt["axis_deg_median"] < 2
     assert f"{gt['tip_px_median']:.2f}" in report
+    # the cues the run wrote (with the confidence map) are scored and shown too
+    written = result["cues_written"]
+    cues = [json.loads(line) for line in (tmp_path / "heldout" / "cues.jsonl").read_text()
+            .splitlines()]  # fmt: skip
+    assert written["instruments"] == sum(len(r["instruments"]) for r in cues)
+    assert "| written by the run |" in report and "`tip_in_view` false" in report
+    assert "smoothed" not in written  # cues.smooth is off by default
+
+
+def test_training_clips_cross_when_asked(tmp_path):
+    """``train_crossings``: the training clips' first two instruments cross; the validation
+    and held-out clips stay the default scenes."""
+    from surgseg.apps.demo import make_clips
+
+    overrides = ["train_clips=2", "val_clips=1", "frames_per_clip=1", "heldout_frames=1",
+                 "clips.width=64", "clips.height=64", "train_crossings=1.0"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("demo", overrides=[f"output_dir={tmp_path}", *overrides])
+    clips, heldout = make_clips(cfg, tmp_path / "data")
+    meta = {p.name: json.loads((p / "clip.json").read_text()) for p in clips.iterdir()}
+    meta["heldout"] = json.loads((heldout / "clip.json").read_text())
+    assert {name: m["crossings"] for name, m in meta.items()} == {
+        "train_00": 1.0, "train_01": 1.0, "val_00": 0.0, "heldout": 0.0}

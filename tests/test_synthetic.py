@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -179,3 +180,46 @@ def test_incomplete_clip_raises(tmp_path):
     assert err.value.path == root
     with pytest.raises(ConfigError):
         write_clip(tmp_path / "odd", num_frames=1, width=65, height=64)
+
+
+def test_crossings_make_instruments_cross_and_touch(tmp_path):
+    """``crossings``: off (0), every clip is as before; on (1), each clip's first two
+    instruments are aimed at one point and share a connected component in most frames (the
+    default scenes almost never do)."""
+    plain, off = SyntheticSurgery(seed=3, **SIZE), SyntheticSurgery(seed=3, crossings=0.0, **SIZE)
+    for name in ("image", "parts", "instances"):
+        assert np.array_equal(getattr(plain.render(40), name), getattr(off.render(40), name))
+    assert not off.crossing
+
+    def merged(frame) -> bool:
+        n, comp = cv2.connectedComponents((frame.parts > 0).view(np.uint8), connectivity=8)
+        return any(len(set(np.unique(frame.instances[comp == k])) - {0}) >= 2
+                   for k in range(1, n))  # fmt: skip
+
+    frames = {0.0: [], 1.0: []}
+    for seed in range(6):
+        for crossings in frames:
+            surgery = SyntheticSurgery(seed=seed, crossings=crossings, **SIZE)
+            frames[crossings] += [merged(surgery.render(i)) for i in range(0, 250, 25)]
+            if crossings:
+                assert surgery.crossing and len(surgery.instrument_types) >= 2
+                assert surgery.render(7).instruments == surgery.render(7).instruments
+    assert np.mean(frames[1.0]) >= 0.6 > 0.2 >= np.mean(frames[0.0])
+    one = SyntheticSurgery(seed=0, num_instruments=1, crossings=1.0, **SIZE)
+    assert not one.crossing and len(one.instrument_types) == 1  # nothing to cross
+    with pytest.raises(ConfigError, match="crossings"):
+        SyntheticSurgery(crossings=1.5)
+    root = write_clip(tmp_path / "clip", num_frames=2, width=160, height=128, seed=5,
+                      crossings=1.0)  # fmt: skip
+    meta = load_clip(root).meta
+    assert meta["crossings"] == 1.0 and meta["crossing"] is True
+
+
+def test_still_instruments():
+    """``still``: the instruments keep their pose of time 0; the scene around them moves."""
+    surgery = SyntheticSurgery(seed=2, still=True, **SIZE)
+    first, later = surgery.render(0), surgery.render(30)
+    assert first.instruments == later.instruments
+    assert np.array_equal(first.parts, later.parts)
+    assert not np.array_equal(first.image, later.image)  # the tissue breathes
+    assert first.instruments == SyntheticSurgery(seed=2, **SIZE).render(0).instruments
