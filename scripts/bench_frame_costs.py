@@ -48,6 +48,7 @@ import torch
 from surgseg.cues import FieldOfView, Tracker, estimate_view, find_instruments
 from surgseg.decode import VideoReader
 from surgseg.encode import VideoWriter
+from surgseg.memory import keep_freed_memory
 from surgseg.sinks import Ffv1MaskWriter, OverlayWriter, PngMaskWriter
 from surgseg.synthetic import SyntheticSurgery
 from surgseg.tasks import palette
@@ -256,6 +257,7 @@ def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the surgseg commands do (surgseg.memory)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=60)

@@ -42,6 +42,7 @@ from surgseg.decode import VideoReader
 from surgseg.engines import Engine
 from surgseg.engines.torch_engine import TorchEngine
 from surgseg.live import stream
+from surgseg.memory import keep_freed_memory
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
 from surgseg.stages import open_outputs, segmentation_pipeline
@@ -256,6 +257,7 @@ def realtime_stream(out: Path, *, sleep_ms: list[float]) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the surgseg commands do (surgseg.memory)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="*",

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from surgseg import memory
+
 if TYPE_CHECKING:
     from surgseg.cues import FieldOfView, Instrument
 
@@ -47,10 +49,6 @@ _LENGTH = struct.Struct("<Q")  # each message: its length, then a pickle
 _ALIGN = 64  # bytes: where each array starts in a worker's buffer
 _VIEWS_KEPT = 4  # fields of view a worker keeps (videos processed at once)
 _EXIT_WAIT_S = 5.0
-# glibc's malloc in a fresh process hands the cue geometry's temporary arrays back to the
-# kernel after each frame and faults them in again (about 1,000 minor faults and a third more
-# CPU time per 1080p frame): keep them (other C libraries ignore these variables)
-_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
 def _send(sock: socket.socket, message: Any) -> None:
@@ -107,7 +105,7 @@ class _Worker:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)  # this surgseg, wherever it is
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env.update(_MALLOC)
+        env.update(memory.ENV)  # surgseg.memory: keep the per-frame arrays' pages
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "surgseg.cue_workers", str(theirs.fileno())],

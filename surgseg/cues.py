@@ -371,8 +371,8 @@ def find_instruments(
     border_band: float = CueOptions.border_band,
     tip_band: float = CueOptions.tip_band,
     axis_span: float = 1.5,
-    split: bool = True,
-    tip_probability: float | None = 0.2,
+    split: bool = CueOptions.split,
+    tip_probability: float | None = CueOptions.tip_probability,
     tip_reach: float = 12.0,
 ) -> list[Instrument]:
     """Instruments in an (H, W) label mask, largest first.

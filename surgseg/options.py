@@ -41,10 +41,19 @@ class CueOptions:
                                "raw ones (\"smoothed\" in each instrument)")
     view: str = _opt("auto", "auto: the endoscope's view estimated from the first frame; "
                              "full: the whole frame")
+    split: bool = _opt(True, "split touching and crossing instruments of binary and parts masks "
+                             "by their entries on the view's border")
+    tip_probability: float | None = _opt(0.2, "extend the tip over background pixels whose "
+                                              "instrument probability is at least this (the "
+                                              "confidence map); null: the mask's tip")
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             raise ConfigError(f"cues.view must be one of {VIEWS}, got {self.view!r}")
+        p = self.tip_probability
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int | float)
+                              or not 0 < p < 1):  # fmt: skip
+            raise ConfigError(f"cues.tip_probability must be in (0, 1) or null, got {p!r}")
 
 
 @dataclass

@@ -181,7 +181,8 @@ class Locate:
     def __call__(self, batch: Batch) -> Batch:
         o = self.options
         view = self._view(batch.frames[0].image)
-        params = {"min_area": o.min_area, "border_band": o.border_band, "tip_band": o.tip_band}
+        params = {"min_area": o.min_area, "border_band": o.border_band, "tip_band": o.tip_band,
+                  "split": o.split, "tip_probability": o.tip_probability}  # fmt: skip
         if self._pool is None:
             batch.found = [find_instruments(p.mask, task=self.task, confidence=p.confidence,
                                             view=view, **params)

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from surgseg.errors import ConfigError, SurgsegError
+from surgseg.memory import keep_freed_memory
 from surgseg.options import CueOptions, OutputOptions, RayOptions, Workers
 
 T = TypeVar("T")
@@ -381,6 +382,7 @@ def launch(app: str) -> None:
     Hydra ``main``, imported only then."""
     prog = f"surgseg-{app}"
     argv = sys.argv[1:]
+    keep_freed_memory()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_ctrl_c)
     try:

@@ -144,9 +144,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @cli_errors("surgseg-demo")
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
-    binary, cues = result["binary"], result["cues_from_model"]
+    binary = result["binary"]
+    cues = result.get("cues_written", {}).get("raw") or result["cues_from_model"]
     print(
-        f"surgseg-demo: binary IoU {binary['iou'][1]:.3f}; from the model's masks: "
+        f"surgseg-demo: binary IoU {binary['iou'][1]:.3f}; cues written by the run: "
         f"tip error median {format_number(cues['tip_px_median'])} px, "
         f"axis error median {format_number(cues['axis_deg_median'])}°"
     )
