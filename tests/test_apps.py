@@ -3,6 +3,7 @@ locations, start-up. Each check runs the real console script in a subprocess."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import os
 import re
@@ -26,6 +27,12 @@ NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(),
 def app(name: str, *args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / f"surgseg-{name}"), *args], capture_output=True, text=True,
                           timeout=timeout, **kw)  # fmt: skip
+
+
+def apps_at_once(calls: list[tuple[str, ...]]) -> list[subprocess.CompletedProcess]:
+    """``app(*call)`` for each call, several at a time (each mostly waits on its imports)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda call: app(*call), calls))
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str, status: int = 2) -> str:
@@ -122,17 +129,24 @@ def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
     write_clip(clips / "c0", num_frames=1, width=64, height=64)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    for where, needle in ((a_file, "is a file"), ("/proc/surgseg-test", "cannot be written")):
-        for name, args in (("infer", ("input=x.mp4", f"checkpoint={ckpt}")),
-                           ("eval", (f"checkpoint={ckpt}", f"data.root={clips}")),
-                           ("export", (f"checkpoint={ckpt}",)),
-                           ("train", (f"data.root={tmp_path}",))):  # fmt: skip
-            one_line_error(app(name, *args, f"output_dir={where}"), str(where), needle)
-        proc = app("stream", "input=x.mp4", f"checkpoint={ckpt}", f"output={where}/cues.jsonl")
+    cases = [(where, needle) for where, needle in ((a_file, "is a file"),
+                                                   ("/proc/surgseg-test", "cannot be written"))
+             for _ in range(5)]  # fmt: skip
+    calls = []
+    for where, _ in cases[::5]:
+        calls += [("infer", "input=x.mp4", f"checkpoint={ckpt}", f"output_dir={where}"),
+                  ("eval", f"checkpoint={ckpt}", f"data.root={clips}", f"output_dir={where}"),
+                  ("export", f"checkpoint={ckpt}", f"output_dir={where}"),
+                  ("train", f"data.root={tmp_path}", f"output_dir={where}"),
+                  ("stream", "input=x.mp4", f"checkpoint={ckpt}",
+                   f"output={where}/cues.jsonl")]  # fmt: skip
+    for (where, needle), proc in zip(cases, apps_at_once(calls), strict=True):
         one_line_error(proc, str(where), needle)
 
 
-@pytest.mark.parametrize("name", ["infer", "train", "export", "stream"])
+# One app in the default suite (they share claim_output_dir); all of them with -m slow.
+@pytest.mark.parametrize("name", ["infer", *(pytest.param(n, marks=pytest.mark.slow)
+                                             for n in ("train", "export", "stream"))])  # fmt: skip
 def test_a_second_process_is_refused_the_same_output_folder(name, make_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -151,7 +165,8 @@ def test_a_second_process_is_refused_the_same_output_folder(name, make_checkpoin
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["infer", "stream", "export", "train"])
+@pytest.mark.parametrize("name", ["infer", "train", *(pytest.param(n, marks=pytest.mark.slow)
+                                                      for n in ("stream", "export"))])  # fmt: skip
 def test_a_full_disk_is_one_line_naming_the_file(name, make_checkpoint, tmp_path):
     """A real full filesystem (a filled tmpfs), not a simulated error."""
     from surgseg.synthetic import write_clip

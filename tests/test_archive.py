@@ -65,7 +65,8 @@ def test_a_second_run_skips_what_the_first_finished_or_failed_on(archive, make_c
     # Other settings, another checkpoint, or resume=false: every video again.
     other = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out, **{"cues.min_area": 60}))
     assert len(other.done) == 2 and other.skipped == [] and len(other.failed) == 1
-    retrained = run(_cfg(input=archive, checkpoint=make_checkpoint("parts", name="v2.pt"),
+    retrained = run(_cfg(input=archive, checkpoint=make_checkpoint("parts", output_stride=16,
+                                                                   name="v2.pt"),
                          output_dir=out, **{"cues.min_area": 60}))  # fmt: skip
     assert len(retrained.done) == 2
     forced = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out, resume="false"))
