@@ -10,9 +10,10 @@ does not depend on them) on synthetic clips of the demo's size (640×512, 25 fps
    torch thread per worker) over ``--clips`` clips of ``--frames`` frames, against a cluster
    started once beforehand with ``ray start --head`` (an archive's users run one); videos/s
    and frames/s, and the ratio of 2 workers to 1.
-2. Ray's overhead for one video: the same command on one clip, here (``cluster=local``, torch
-   on one thread) against ``cluster=ray`` on the running cluster (one worker), and against
-   ``cluster=ray`` starting Ray itself.
+2. Ray's overhead: the same command on one clip, here (``cluster=local``, torch on one
+   thread) against ``cluster=ray`` on the running cluster (one worker), and against
+   ``cluster=ray`` starting Ray itself; and over the whole archive, one Ray worker against
+   ``cluster=local`` with one thread per stage (the start-up spread over the videos).
 3. A second run over a finished archive, against the first.
 
 Commands alternate, ``--repeats`` times each; medians. Writes and prints
@@ -105,6 +106,9 @@ def main() -> None:
                 wall, _ = infer([f"input={archive}", fresh("w"), *common, "cluster=ray",
                                  "ray.address=auto", f"ray.workers={workers}"], env)  # fmt: skip
                 walls.setdefault(f"archive_{workers}_workers", []).append(wall)
+            local, _ = infer([f"input={archive}", fresh("local"), *common, "cluster=local",
+                              "workers.locate=1", "workers.render=1"], env)  # fmt: skip
+            walls.setdefault("archive_local", []).append(local)
             rerun, line = infer([f"input={archive}", f"output_dir={args.out / 'w'}", *common,
                                  "cluster=ray", "ray.address=auto", "ray.workers=2"],
                                 env)  # fmt: skip
@@ -135,6 +139,8 @@ def main() -> None:
         "ray_overhead_one_video_starting_ray":
             med["one_video_ray_started_by_the_command"] / med["one_video_local"] - 1,
         "second_run_vs_first": med["second_run"] / med["archive_2_workers"],
+        "ray_1_worker_vs_local_archive": med["archive_1_workers"] / med["archive_local"] - 1,
+        "ray_fixed_cost_s": med["one_video_ray_running"] - med["one_video_local"],
     }  # fmt: skip
     (args.out / "archive.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -22,7 +22,7 @@ from typing import Any
 
 from surgseg.errors import ConfigError
 from surgseg.infer import Job, JobResult, VideoJobs, record_failure
-from surgseg.options import RayOptions
+from surgseg.options import RayOptions, Workers
 from surgseg.predictor import PredictorSpec
 from surgseg.progress import progress_bar
 
@@ -100,6 +100,12 @@ def process_on_ray(
         raise ConfigError(f"device={predictor.device} with cluster=ray: use cpu, or cuda (each "
                           "worker gets a GPU of its own)")  # fmt: skip
     gpus = int(predictor.device == "cuda")
+    # A worker uses the CPUs it reserves: as many torch threads, at most as many stage workers
+    # (with one CPU, the cue geometry stays in its stage's thread: no worker processes).
+    asked = jobs_options.get("workers") or Workers()
+    cpus = options.cpus_per_worker
+    jobs_options = {**jobs_options, "workers": Workers(locate=min(asked.locate, cpus),
+                                                       render=min(asked.render, cpus))}  # fmt: skip
     started_here = connect(options)
     worker = ray.remote(VideoWorker).options(
         num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=options.max_retries,

@@ -122,7 +122,8 @@ class RayOptions:
                                      "remote cluster through Ray Client")
     workers: int | str = _opt("auto", "model workers; auto: one per GPU with device=cuda, else "
                                       "one per cpus_per_worker CPUs of the cluster")
-    cpus_per_worker: int = _opt(1, "CPUs each worker reserves (its torch threads)")
+    cpus_per_worker: int = _opt(1, "CPUs each worker reserves: its torch threads, and at most "
+                                   "as many workers.locate and workers.render")
     max_retries: int = _opt(2, "times a video is retried after its worker process died; then it "
                                "is recorded as failed")
 
