@@ -50,12 +50,12 @@ import numpy as np
 from surgseg.cue_workers import worker_cpu_s
 from surgseg.cues import FieldOfView, find_instruments
 from surgseg.decode import Frame
-from surgseg.memory import keep_freed_memory
 from surgseg.options import CueOptions
 from surgseg.pipeline import Pipeline, Stage
 from surgseg.predictor import Prediction
 from surgseg.stages import Batch, Locate
 from surgseg.synthetic import SyntheticSurgery
+from surgseg.tuning import tune_process
 
 WIDTH, HEIGHT = 1920, 1080
 SHIM_C = r"""
@@ -204,7 +204,7 @@ def gil_shares(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the surgseg commands do (surgseg.memory)
+    tune_process()  # as the surgseg commands do (surgseg.tuning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write cue_workers.json here")
     parser.add_argument("--frames", type=int, default=40)

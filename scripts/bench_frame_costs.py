@@ -48,10 +48,10 @@ import torch
 from surgseg.cues import FieldOfView, Tracker, estimate_view, find_instruments
 from surgseg.decode import VideoReader
 from surgseg.encode import VideoWriter
-from surgseg.memory import keep_freed_memory
 from surgseg.sinks import Ffv1MaskWriter, OverlayWriter, PngMaskWriter
 from surgseg.synthetic import SyntheticSurgery
 from surgseg.tasks import palette
+from surgseg.tuning import tune_process
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
 GRAIN, CRF = 3.0, "16"  # sensor noise (grey levels, std) and x264 CRF of the decode video
@@ -257,7 +257,7 @@ def decode_fps(path: Path, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the surgseg commands do (surgseg.memory)
+    tune_process()  # as the surgseg commands do (surgseg.tuning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=60)

@@ -7,9 +7,12 @@
    clip, ResNet-18 FCN with random weights at 128×160, batch 4, the model on the CPU), the
    median of ``--repeats`` runs.
    GPU rate: the same at 1920×1080 with a stand-in for the model's side at ``--standin-fps``
-   (default 500), batch 8, with 1 and with 2 workers per stateless stage (2: the locate
-   stage's worker processes, the render stage's threads), medians of ``--repeats`` runs; the
-   locate and render stages alone with 2 workers against 1.
+   (default 500), batch 8, end to end over a clip of ``--clip-frames`` frames (default 300:
+   10 s, so that filling and draining the pipeline weigh little; 3 instruments, touching
+   or crossing in most frames), each stage alone on its first 128 frames; with 1 and with 2
+   workers per stateless stage (2: the locate stage's worker processes, the render stage's
+   threads), medians of ``--repeats`` runs; the locate and render stages alone with 2
+   workers against 1.
 2. Decode: ``VideoReader`` to RGB arrays against ``ffmpeg -i X -pix_fmt rgb24 -f null -`` on
    the same 1080p H.264 file (best of 5 each, alternating).
 3. Memory: RSS at frame 1,000 and at frame 10,000 of a 320×256 video through the offline
@@ -42,12 +45,12 @@ from surgseg.decode import VideoReader
 from surgseg.engines import Engine
 from surgseg.engines.torch_engine import TorchEngine
 from surgseg.live import stream
-from surgseg.memory import keep_freed_memory
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
 from surgseg.stages import open_outputs, segmentation_pipeline
 from surgseg.synthetic import write_clip
 from surgseg.tasks import class_names
+from surgseg.tuning import tune_process
 
 RESNET18 = {"depth": 18, "output_stride": 8, "head": "fcn", "aux_loss": False}
 
@@ -122,14 +125,15 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def gpu_rate(out: Path, *, standin_fps: float, repeats: int, batch_size: int = 8) -> dict:
+def gpu_rate(out: Path, *, standin_fps: float, repeats: int, frames: int = 300,
+             batch_size: int = 8) -> dict:  # fmt: skip
     """The pipeline at GPU speed without a GPU, at 1920×1080: a stand-in delivering the
     clip's ground-truth parts masks at ``standin_fps``; every other stage real, with the
     default outputs (PNG masks, overlay, cues). Also the locate and render stages alone with
     1 and with 2 workers."""
-    clip = out / "clip_1920x1080"
+    clip = out / f"clip_1920x1080_{frames}"
     if not (clip / "clip.json").is_file():
-        write_clip(clip, num_frames=120, width=1920, height=1080, fps=30, seed=1,
+        write_clip(clip, num_frames=frames, width=1920, height=1080, fps=30, seed=1,
                    num_instruments=3)  # fmt: skip
     meta = CheckpointMeta(task="parts", class_names=list(class_names("parts")),
                           model={}, input_size=(512, 640))  # fmt: skip
@@ -139,7 +143,7 @@ def gpu_rate(out: Path, *, standin_fps: float, repeats: int, batch_size: int = 8
         for _ in range(repeats):
             standin = StandInPredictor(predictions, meta, fps=standin_fps)
             runs.append(bench(clip / "video.mp4", predictor=standin, out_dir=out / "gpu_rate",
-                              batch_size=batch_size, held_frames=64, workers=Workers(k, k),
+                              batch_size=batch_size, held_frames=128, workers=Workers(k, k),
                               flops=False))  # fmt: skip
         by_workers[k] = summarize(runs[-repeats:])
     scaling = {stage: round(by_workers[2]["stages_alone_fps"][stage]
@@ -257,12 +261,13 @@ def realtime_stream(out: Path, *, sleep_ms: list[float]) -> dict:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the surgseg commands do (surgseg.memory)
+    tune_process()  # as the surgseg commands do (surgseg.tuning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="*",
                         default=["offline", "gpu_rate", "decode", "rss", "stream"])  # fmt: skip
     parser.add_argument("--standin-fps", type=float, default=500.0)
+    parser.add_argument("--clip-frames", type=int, default=300)
     parser.add_argument("--long-frames", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each offline and gpu_rate measurement; their medians "
@@ -289,7 +294,7 @@ def main() -> None:
         )
     if "gpu_rate" in args.only:
         report["gpu_rate"] = gpu_rate(args.out, standin_fps=args.standin_fps,
-                                      repeats=args.repeats)  # fmt: skip
+                                      repeats=args.repeats, frames=args.clip_frames)  # fmt: skip
     if "decode" in args.only:
         report["decode"] = decode_vs_ffmpeg(args.out)
     torch.set_num_threads(1)  # the rest works on small tensors

@@ -46,10 +46,10 @@ import cv2
 import numpy as np
 
 from surgseg.cues import estimate_view, find_instruments
-from surgseg.memory import keep_freed_memory
 from surgseg.sinks import Ffv1MaskWriter, OverlayWriter, PngMaskWriter, encode_png
 from surgseg.synthetic import SyntheticSurgery
 from surgseg.tasks import palette
+from surgseg.tuning import tune_process
 
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
 _CV2_NAMES = set(dir(cv2))
@@ -171,7 +171,7 @@ def sequential_parts(scratch: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    keep_freed_memory()  # as the surgseg commands do (surgseg.memory)
+    tune_process()  # as the surgseg commands do (surgseg.tuning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=40)

@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from surgseg.cues import _components, border_band_mask, find_instruments
-from surgseg.instances import split_component
+from surgseg.cues import border_band_mask, find_instruments
+from surgseg.instances import components, split_component
 from surgseg.tasks import CLASPER, SHAFT, WRIST, palette
 
 H, W = 512, 640
@@ -132,7 +132,7 @@ found = find_instruments(pair, task="parts", view=view)
 found.sort(key=lambda i: i.entry[0])
 rgb = view_image(view, border_band_mask(view, pair.shape, 3.0), pair)
 ax2.imshow(rgb)
-[(inside, (x0, y0))] = _components((pair > 0).view(np.uint8), 50)
+[(inside, (x0, y0))] = components((pair > 0).view(np.uint8), 50)
 box = (slice(y0, y0 + inside.shape[0]), slice(x0, x0 + inside.shape[1]))
 pieces = split_component(inside, border_band_mask(view, pair.shape, 3.0)[box], pair[box])
 colours = ("white", "#ff7f0e")

@@ -25,6 +25,7 @@ from surgseg.infer import Job, JobResult, VideoJobs, record_failure
 from surgseg.options import RayOptions, Workers
 from surgseg.predictor import PredictorSpec
 from surgseg.progress import progress_bar
+from surgseg.tuning import tune_process
 
 
 def _ray() -> Any:
@@ -42,6 +43,7 @@ class VideoWorker:
         import ray
         import torch
 
+        tune_process()  # as the surgseg commands set theirs
         torch.set_num_threads(threads)
         node = ray.get_runtime_context().get_node_id()
         self.jobs = VideoJobs(predictor.build(), worker={"ray_node": node}, **jobs)

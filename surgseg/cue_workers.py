@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from surgseg import memory
+from surgseg import tuning
 
 if TYPE_CHECKING:
     from surgseg.cues import FieldOfView, Instrument
@@ -105,7 +105,7 @@ class _Worker:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)  # this surgseg, wherever it is
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env.update(memory.ENV)  # surgseg.memory: keep the per-frame arrays' pages
+        env.update(tuning.ENV)  # surgseg.tuning: heap kept, OpenCV on one thread
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "surgseg.cue_workers", str(theirs.fileno())],

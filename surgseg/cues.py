@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from surgseg.instances import far_end, split_component
+from surgseg.instances import components, far_end, split_component
 from surgseg.options import CueOptions
 from surgseg.tasks import CLASPER, IGNORE_INDEX, SHAFT, WRIST, class_names
 from surgseg.tracking import Tracker
@@ -256,7 +256,7 @@ def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _F
             if value == SHAFT and count >= _MIN_AXIS_PX:
                 axis_px, shaft_labelled = part, True
 
-    stretches = _components((inside & frame.band[crop]).view(np.uint8), 1)  # contact pixels
+    stretches = components((inside & frame.band[crop]).view(np.uint8), 1)  # contact pixels
     on_border = bool(stretches)
     if on_border:
         stretch, (sx, sy) = max(stretches, key=lambda s: np.count_nonzero(s[0]))  # first largest
@@ -330,37 +330,6 @@ def _point(p: Any) -> tuple[float, float]:
     return float(p[0]), float(p[1])
 
 
-def _components(binary: np.ndarray, min_area: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
-    """(boolean crop, origin (x, y)) of each 8-connected component of the nonzero pixels of the
-    uint8 ``binary`` with at least ``min_area`` pixels, in raster order of their first pixel.
-
-    A component is found by its outer contour (the top level of ``RETR_CCOMP``, which starts at
-    its first pixel in raster order); only its bounding box is read, and labelled only when
-    another component's box overlaps it. There is no full-frame labelling pass.
-    """
-    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return []
-    outer = [c for c, link in zip(contours, hierarchy[0], strict=True) if link[3] < 0]
-    boxes = np.array([cv2.boundingRect(c) for c in outer]).reshape(-1, 4)  # x, y, w, h
-    x0, y0 = boxes[:, 0], boxes[:, 1]
-    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
-    found = []
-    for i in np.flatnonzero(boxes[:, 2] * boxes[:, 3] >= min_area):
-        x, y, w, h = (int(v) for v in boxes[i])
-        box = binary[y : y + h, x : x + w]
-        first_x, first_y = (int(v) for v in outer[i][0, 0])
-        if np.count_nonzero((x0 < x + w) & (x < x1) & (y0 < y + h) & (y < y1)) > 1:
-            _, labels = cv2.connectedComponents(box, connectivity=8)
-            inside = labels == labels[first_y - y, first_x - x]
-        else:  # no other component reaches into the box
-            inside = box > 0
-        if np.count_nonzero(inside) >= min_area:
-            found.append(((first_y, first_x), inside, (x, y)))
-    found.sort(key=lambda item: item[0])
-    return [(inside, origin) for _, inside, origin in found]
-
-
 def find_instruments(
     mask: np.ndarray,
     *,
@@ -414,8 +383,8 @@ def find_instruments(
         if mask.size and (mask.min() < 0 or mask.max() > 255):
             raise ValueError("mask labels must lie in 0..255")
         mask = mask.astype(np.uint8)
-    components = _components(cv2.inRange(mask, 1, IGNORE_INDEX - 1), min_area)
-    if not components:
+    found = components(cv2.inRange(mask, 1, IGNORE_INDEX - 1), min_area)
+    if not found:
         return []
 
     if not isinstance(view, FieldOfView):
@@ -432,7 +401,7 @@ def find_instruments(
         tip_reach=tip_reach,
     )
     instruments = []
-    for inside, (x, y) in components:
+    for inside, (x, y) in found:
         if task != "types":
             box = (slice(y, y + inside.shape[0]), slice(x, x + inside.shape[1]))
             pieces = split and split_component(
@@ -444,7 +413,7 @@ def find_instruments(
         labels = mask[y : y + inside.shape[0], x : x + inside.shape[1]]
         for value in np.unique(labels[inside]):
             piece = (inside & (labels == value)).view(np.uint8)
-            for sub, (sx, sy) in _components(piece, min_area):
+            for sub, (sx, sy) in components(piece, min_area):
                 instruments.append(_describe(sub, (x + sx, y + sy), int(value), frame))
     instruments.sort(key=lambda inst: -inst.area_px)
     return instruments

@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from surgseg.tasks import CLASPER, SHAFT, WRIST
 
-__all__ = ["far_end", "split_component"]
+__all__ = ["components", "far_end", "split_component"]
 
 _MIN_STRETCH_PX = 3  # smaller contact stretches are specks, not entries
 _MIN_AXIS_PX = 20
@@ -48,22 +48,58 @@ class _Seed:
     axis: np.ndarray  # unit vector into the view
     centre: np.ndarray  # a point on the axis line
     half_width: float
-    pixels: np.ndarray  # boolean crop: the stretch
+    xs: np.ndarray  # the stretch's pixels
+    ys: np.ndarray
 
 
-def _stretches(contact: np.ndarray) -> list[np.ndarray]:
-    """Boolean crops of the 8-connected stretches of ``contact`` (uint8), largest first."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(contact, connectivity=8)
-    order = sorted(range(1, n), key=lambda k: -stats[k, cv2.CC_STAT_AREA])
-    return [labels == k for k in order if stats[k, cv2.CC_STAT_AREA] >= _MIN_STRETCH_PX]
+def components(binary: np.ndarray, min_area: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """(boolean crop, origin (x, y)) of each 8-connected component of the nonzero pixels of the
+    uint8 ``binary`` with at least ``min_area`` pixels, in raster order of their first pixel.
+
+    A component is found by its outer contour (the top level of ``RETR_CCOMP``, which starts at
+    its first pixel in raster order); only its bounding box is read, and labelled only when
+    another component's box overlaps it. There is no full-frame labelling pass.
+    """
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    outer = [c for c, link in zip(contours, hierarchy[0], strict=True) if link[3] < 0]
+    boxes = np.array([cv2.boundingRect(c) for c in outer]).reshape(-1, 4)  # x, y, w, h
+    x0, y0 = boxes[:, 0], boxes[:, 1]
+    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
+    found = []
+    for i in np.flatnonzero(boxes[:, 2] * boxes[:, 3] >= min_area):
+        x, y, w, h = (int(v) for v in boxes[i])
+        box = binary[y : y + h, x : x + w]
+        first_x, first_y = (int(v) for v in outer[i][0, 0])
+        if np.count_nonzero((x0 < x + w) & (x < x1) & (y0 < y + h) & (y < y1)) > 1:
+            _, labels = cv2.connectedComponents(box, connectivity=8)
+            inside = labels == labels[first_y - y, first_x - x]
+        else:  # no other component reaches into the box
+            inside = box > 0
+        if np.count_nonzero(inside) >= min_area:
+            found.append(((first_y, first_x), inside, (x, y)))
+    found.sort(key=lambda item: item[0])
+    return [(inside, origin) for _, inside, origin in found]
 
 
-def _seed(stretch: np.ndarray, inside: np.ndarray, shaft: np.ndarray | None,
+def _stretches(contact: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pixel coordinates (xs, ys) of each 8-connected stretch of ``contact`` (uint8) of at least
+    ``_MIN_STRETCH_PX`` pixels, largest first (ties in raster order)."""
+    found = []
+    for piece, (x, y) in components(contact, _MIN_STRETCH_PX):
+        ys, xs = np.nonzero(piece)
+        found.append((xs + x, ys + y))
+    found.sort(key=lambda stretch: -len(stretch[0]))
+    return found
+
+
+def _seed(xs: np.ndarray, ys: np.ndarray, inside: np.ndarray, shaft: np.ndarray | None,
           axis_span: float) -> _Seed | None:  # fmt: skip
-    """The seed of one stretch: its centroid, and the line fitted to the instrument's pixels
-    in the ring of radii ρ..ρ·(1 + 2·axis_span) about it (ρ: the stretch's reach), shaft pixels
-    only where there are enough; None when too few pixels lie there."""
-    ys, xs = np.nonzero(stretch)
+    """The seed of one stretch (its pixels ``xs``, ``ys``): its centroid, and the line fitted to
+    the instrument's pixels in the ring of radii ρ..ρ·(1 + 2·axis_span) about it (ρ: the
+    stretch's reach), shaft pixels only where there are enough; None when too few pixels lie
+    there."""
     entry = np.array([xs.mean(), ys.mean()])
     reach2 = float(((xs - entry[0]) ** 2 + (ys - entry[1]) ** 2).max())
     outer = math.sqrt(max(reach2, 4.0)) * (1 + 2 * axis_span)
@@ -85,7 +121,7 @@ def _seed(stretch: np.ndarray, inside: np.ndarray, shaft: np.ndarray | None,
         axis = -axis
     across = (xs - centre[0]) * -axis[1] + (ys - centre[1]) * axis[0]
     half_width = max(0.5 * float(np.ptp(across)) + 0.5, 1.5)
-    return _Seed(entry, axis, centre, half_width, stretch)
+    return _Seed(entry, axis, centre, half_width, xs, ys)
 
 
 def _distinct(seeds: list[_Seed], inside: np.ndarray, shaft: np.ndarray | None) -> list[_Seed]:
@@ -148,10 +184,10 @@ def split_component(
         return None
     shaft = None if labels is None else (labels == SHAFT)
     seeds = []
-    for stretch in _stretches(contact):
-        if shaft is not None and 2 * np.count_nonzero(stretch & shaft) < np.count_nonzero(stretch):
+    for xs, ys in _stretches(contact):
+        if shaft is not None and 2 * np.count_nonzero(shaft[ys, xs]) < len(xs):
             continue  # a wrist or jaw touching the border: not an entry
-        seed = _seed(stretch, inside, shaft, axis_span)
+        seed = _seed(xs, ys, inside, shaft, axis_span)
         if seed is not None:
             seeds.append(seed)
     seeds = _distinct(seeds, inside, shaft)
@@ -374,8 +410,7 @@ def _assign(inside: np.ndarray, labels: np.ndarray | None, seeds: list[_Seed]) -
     entries = []
     for seed in seeds:
         start = np.full(n, np.inf)
-        nodes = grid.index[grid.coarse(seed.pixels)]
-        nodes = nodes[nodes >= 0]
+        nodes = grid.index[seed.ys // grid.factor, seed.xs // grid.factor]
         start[nodes[shaft[nodes]]] = 0.0
         entries.append(start)
     _compete(grid, shaft, owner, strips, entries)
@@ -425,7 +460,7 @@ def _assign(inside: np.ndarray, labels: np.ndarray | None, seeds: list[_Seed]) -
     turns = np.stack([_cone(grid, end, seed.axis, spread=0.0, radius=0.0)
                       for end, seed in zip(ends, seeds, strict=True)])  # fmt: skip
     _cut_off(grid, owner < 0, owner, turns)
-    coarse = np.full(grid.index.shape, -1, np.int64)
+    coarse = np.full(grid.index.shape, -1, np.int16)
     coarse.ravel()[grid.nodes] = owner
     _absorb_specks(coarse, len(seeds), min_nodes=min_nodes)
     if grid.factor == 1:
@@ -436,14 +471,21 @@ def _assign(inside: np.ndarray, labels: np.ndarray | None, seeds: list[_Seed]) -
     h, w = grid.shape
     f = grid.factor
     full = np.repeat(np.repeat(coarse, f, axis=0), f, axis=1)[:h, :w]
-    full = np.where(inside, full, -1)
-    cells = np.zeros(grid.index.shape, bool)
-    cells.ravel()[grid.nodes[by_ray]] = True
-    again = np.repeat(np.repeat(cells, f, axis=0), f, axis=1)[:h, :w] & inside
+    full[~inside] = -1
+    rows, cols = np.divmod(grid.nodes[by_ray], grid.index.shape[1])
+    if not len(rows):
+        return full
+    cells = np.zeros((rows.max() - rows.min() + 1, cols.max() - cols.min() + 1), bool)
+    cells[rows - rows.min(), cols - cols.min()] = True
+    y0, x0 = rows.min() * f, cols.min() * f  # the cells' box, in pixels
+    again = np.repeat(np.repeat(cells, f, axis=0), f, axis=1)[: h - y0, : w - x0]
+    box = (slice(y0, y0 + again.shape[0]), slice(x0, x0 + again.shape[1]))
+    again &= inside[box]
     if labels is not None:
-        again &= labels == CLASPER
+        again &= labels[box] == CLASPER
     ys, xs = np.nonzero(again)
     if len(xs):
+        ys, xs = ys + y0, xs + x0
         rays = np.stack([_ray_distance(xs, ys, *cone) for cone in cones])
         full[ys, xs] = np.argmin(rays, axis=0)
     return full

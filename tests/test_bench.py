@@ -93,6 +93,10 @@ def test_stand_in_delivers_its_predictions_at_its_rate(make_checkpoint, clip, tm
     assert time.perf_counter() - t0 >= FRAMES / 100.0 * 0.95
     for a, b in zip(got, truth, strict=True):
         np.testing.assert_array_equal(a.mask, b.mask)
+    standin.predict(frames[:3])
+    wrapped = standin.predict(frames)  # predictions 3, 4, … then 0, 1, 2 again
+    for i, a in enumerate(wrapped):
+        np.testing.assert_array_equal(a.mask, truth[(3 + i) % FRAMES].mask)
     result = bench(clip, predictor=standin, out_dir=tmp_path, batch_size=2, held_frames=6,
                    flops=False)  # fmt: skip
     assert result["stages_alone"]["device"]["fps"] <= 100.0 * 1.02

@@ -31,8 +31,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from surgseg.errors import ConfigError, SurgsegError
-from surgseg.memory import keep_freed_memory
 from surgseg.options import CueOptions, OutputOptions, RayOptions, Workers
+from surgseg.tuning import tune_process
 
 T = TypeVar("T")
 
@@ -382,7 +382,6 @@ def launch(app: str) -> None:
     Hydra ``main``, imported only then."""
     prog = f"surgseg-{app}"
     argv = sys.argv[1:]
-    keep_freed_memory()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
@@ -390,6 +389,7 @@ def launch(app: str) -> None:
             print(app_help(prog, app))
             return
         _check_before_hydra(app, argv)
+        tune_process()
         importlib.import_module(f"surgseg.apps.{app}").main()
     except SurgsegError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
