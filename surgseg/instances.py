@@ -178,13 +178,12 @@ def split_component(
     in ``inside``), one per seed: together they cover the component without overlap (the
     pixels are given out part by part: see the module).
     """
-    contact = (inside & band).view(np.uint8)
-    contours, _ = cv2.findContours(contact, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if len(contours) < 2:
+    stretches = _stretches((inside & band).view(np.uint8))
+    if len(stretches) < 2:
         return None
     shaft = None if labels is None else (labels == SHAFT)
     seeds = []
-    for xs, ys in _stretches(contact):
+    for xs, ys in stretches:
         if shaft is not None and 2 * np.count_nonzero(shaft[ys, xs]) < len(xs):
             continue  # a wrist or jaw touching the border: not an entry
         seed = _seed(xs, ys, inside, shaft, axis_span)

@@ -14,14 +14,17 @@ from surgseg import tuning
 def test_tune_process_runs_opencv_on_the_calling_thread():
     before = cv2.getNumThreads()
     try:
+        cv2.setNumThreads(4)  # a pool, whatever this machine's core count
         tuning.tune_process()
         assert cv2.getNumThreads() == 1
+        assert tuning.keep_freed_memory()  # glibc accepted every malloc setting
     finally:
         cv2.setNumThreads(before)
 
 
-def test_worker_environment_sets_opencv_threads_and_heap():
-    code = "import cv2, os; print(cv2.getNumThreads(), os.environ['MALLOC_MMAP_THRESHOLD_'])"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **tuning.ENV},
-                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    assert out == ["1", str(tuning.MMAP_THRESHOLD)]
+def test_worker_environment_runs_opencv_on_one_thread():
+    code = "import cv2; print(cv2.getNumThreads())"
+    env = {**os.environ, **tuning.ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.split() == ["1"]
