@@ -4,13 +4,16 @@ on the same predictions.
 
     PYTHONPATH=. python scripts/bench_model_cues.py --run demo_out
     PYTHONPATH=. python scripts/bench_model_cues.py --run demo_out --checkpoint other/model.pt
+    PYTHONPATH=. python scripts/bench_model_cues.py --run demo_out --clip other_clip
 
-The model (``RUN/model.pt``) segments the held-out clip (``RUN/data/heldout``) once, as
-``surgseg-infer`` does (``Predictor``: labels and the winning class's probability × 255); the
-predictions are kept in ``RUN/model_predictions_heldout.npz`` (reused when present, keyed by
-the checkpoint's path, size and time). Each reading is then scored as
-``surgseg.demo.evaluate_run`` scores the demo: instruments matched to the true ones by tip
-distance (≤ 50 px), the median and 90th percentile of the tip and axis errors. The readings:
+The model (``RUN/model.pt``) segments the held-out clip (``RUN/data/heldout``, or another
+clip folder with ``--clip``) once, as ``surgseg-infer`` does (``Predictor``: labels and the
+winning class's probability × 255); the predictions are kept in
+``RUN/model_predictions_heldout.npz`` (``RUN/model_predictions_CLIPFOLDERNAME.npz`` for
+``--clip``; reused when present, keyed by the checkpoint's and the video's path, size and
+time). Each reading is then scored as ``surgseg.demo.evaluate_run`` scores the demo:
+instruments matched to the true ones by tip distance (≤ 50 px), the median and 90th
+percentile of the tip and axis errors. The readings:
 
 * ``ground truth``: the clip's own parts masks (the floor);
 * ``model``: the predicted labels alone, as the demo's "model masks alone" row
@@ -57,10 +60,11 @@ from surgseg.tracking import Smoothing, Tracker
 
 def predictions(checkpoint: Path, video: Path, cache: Path,
                 input_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-    """Labels and confidence (uint8, as the pipeline has them) of every frame, cached; the
-    model runs at ``input_size`` (height, width; default: its training size)."""
-    stat = checkpoint.stat()
-    key = f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{input_size}"
+    """Labels and confidence (uint8, as the pipeline has them) of every frame, cached (keyed
+    by the checkpoint and the video); the model runs at ``input_size`` (height, width;
+    default: its training size)."""
+    key = ":".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                   for p in (checkpoint, video)) + f":{input_size}"  # fmt: skip
     if cache.is_file():
         with np.load(cache) as saved:
             if str(saved["key"]) == key:
@@ -116,14 +120,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="the demo's output folder")
     parser.add_argument("--checkpoint", type=Path, help="default: RUN/model.pt")
-    parser.add_argument("--clip", type=Path, help="default: RUN/data/heldout")
+    parser.add_argument("--clip", type=Path,
+                        help="a write_clip folder (default: RUN/data/heldout)")  # fmt: skip
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="run the model at this size (default: its training size)")
     args = parser.parse_args()
     checkpoint = args.checkpoint or args.run / "model.pt"
     clip = load_clip(args.clip or args.run / "data" / "heldout")
     size = tuple(args.input_size) if args.input_size else None
-    name = "model_predictions_heldout" + (f"_{size[0]}x{size[1]}" if size else "") + ".npz"
+    stem = args.clip.resolve().name if args.clip else "heldout"
+    name = f"model_predictions_{stem}" + (f"_{size[0]}x{size[1]}" if size else "") + ".npz"
     predicted = predictions(checkpoint, clip.video, args.run / name, size)
     view = FieldOfView.from_image(next(iter(read_frames(clip.video))).image)
     truth = [[g for g in frame if g.get("visible", True)] for frame in clip.instruments]

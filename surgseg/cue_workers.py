@@ -1,6 +1,6 @@
 """Cue geometry in worker processes: ``find_instruments`` on masks passed through shared memory.
 
-``find_instruments`` holds the GIL for 35–43 % of its CPU time (the Python between its
+``find_instruments`` holds the GIL for about half of its CPU time (the Python between its
 OpenCV and NumPy calls; ``scripts/bench_cue_workers.py`` measures it), so threads running it
 do not scale with cores; processes do. A ``CuePool`` keeps worker processes
 (``python -m surgseg.cue_workers``, one OpenCV thread each), started once and shared by every

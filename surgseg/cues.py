@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from surgseg.instances import components, far_end, split_component
+from surgseg.instances import components, contact_stretches, far_end, split_component
 from surgseg.options import CueOptions
 from surgseg.tasks import CLASPER, IGNORE_INDEX, SHAFT, WRIST, class_names
 from surgseg.tracking import Tracker
@@ -209,16 +209,22 @@ class _Frame:
     tip_reach: float = 0.0
 
 
-def _mean_xy(pixels: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[int, float, float]:
-    """Count and mean position (x, y) of the true pixels of a boolean crop whose columns and
-    rows lie at ``xs`` and ``ys`` (exact integer sums, then one division)."""
+def _sums(pixels: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[int, float, float]:
+    """Count and coordinate sums (x, y) of the true pixels of a boolean crop whose columns and
+    rows lie at ``xs`` and ``ys``: integers, exact in double precision."""
     binary = pixels.view(np.uint8)
     per_col = cv2.reduce(binary, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[0]
     count = int(per_col.sum())
     if not count:
-        return 0, math.nan, math.nan
+        return 0, 0.0, 0.0
     per_row = cv2.reduce(binary, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[:, 0]
-    return count, float(per_col @ xs) / count, float(per_row @ ys) / count
+    return count, float(per_col @ xs), float(per_row @ ys)
+
+
+def _mean(sums: tuple[int, float, float]) -> tuple[float, float]:
+    """The mean position (x, y) of ``_sums`` (NaN for no pixel)."""
+    count, sum_x, sum_y = sums
+    return (sum_x / count, sum_y / count) if count else (math.nan, math.nan)
 
 
 def _fit_line(pixels: np.ndarray, x: int, y: int) -> tuple[float, float, float, float]:
@@ -229,8 +235,58 @@ def _fit_line(pixels: np.ndarray, x: int, y: int) -> tuple[float, float, float, 
     return math.cos(t), math.sin(t), m["m10"] / m["m00"] + x, m["m01"] / m["m00"] + y
 
 
-def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _Frame) -> Instrument:
-    """Cues of one instrument, given as a boolean crop of the frame at ``origin`` (x, y).
+def _span(d2: np.ndarray, limit: float) -> slice:
+    """The indices whose squared offset ``d2`` (convex in the index) is at most ``limit``."""
+    within = np.flatnonzero(d2 <= limit)
+    return slice(int(within[0]), int(within[-1]) + 1) if within.size else slice(0, 0)
+
+
+def _beyond(pixels: np.ndarray, dx2: np.ndarray, dy2: np.ndarray, inner2: float,
+            outer2: float) -> np.ndarray:  # fmt: skip
+    """The true pixels of a boolean crop whose dist² ``dx2[col] + dy2[row]`` (squared offsets
+    of its columns and rows from a point) lies in (inner2, outer2]. dist² is computed only in
+    the boxes about the point that hold the pixels within each bound, as a whole map would."""
+    if math.isinf(outer2):
+        kept = pixels.copy()
+    else:
+        kept = np.zeros(pixels.shape, bool)
+        rows, cols = _span(dy2, outer2), _span(dx2, outer2)
+        kept[rows, cols] = pixels[rows, cols] & (dx2[cols] + dy2[rows, None] <= outer2)
+    rows, cols = _span(dy2, inner2), _span(dx2, inner2)
+    kept[rows, cols] &= dx2[cols] + dy2[rows, None] > inner2
+    return kept
+
+
+def _far_pixels(inside: np.ndarray, dx2: np.ndarray, dy2: np.ndarray,
+                tip_band: float) -> tuple[np.ndarray, int]:  # fmt: skip
+    """The pixels of a boolean crop within ``tip_band`` of its farthest from a point (dx2,
+    dy2: the squared offsets of the crop's columns and rows from it), as the rows ``top`` to
+    ``top + len(far)`` of the crop: (far, top).
+
+    A row's farthest pixel is its first or last (dist² is convex along the row), so the
+    farthest distance and the rows that reach the band come from each row's ends; dist² is
+    then computed on those rows only, as a whole map would hold it.
+    """
+    h, w = inside.shape
+    first = inside.argmax(axis=1)
+    last = w - 1 - cv2.flip(inside.view(np.uint8), 1).view(bool).argmax(axis=1)
+    row_max = np.where(inside[np.arange(h), first], np.maximum(dx2[first], dx2[last]) + dy2, -1.0)
+    reach2 = row_max.max()  # capped below: sqrt(x)² may round above x
+    threshold = min(max(math.sqrt(reach2) - tip_band, 0.0) ** 2, reach2)
+    rows = np.flatnonzero(row_max >= threshold)
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    return inside[top:bottom] & (dx2 + dy2[top:bottom, None] >= threshold), top
+
+
+def _describe(
+    inside: np.ndarray,
+    origin: tuple[int, int],
+    label: int,
+    frame: _Frame,
+    stretches: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Instrument:
+    """Cues of one instrument, given as a boolean crop of the frame at ``origin`` (x, y), with
+    its ``contact_stretches`` where the caller has them.
 
     Everything is computed on the crop (its bounding box), as maps and masks rather than
     pixel lists, so the cost is a few passes over the box in OpenCV or numpy.
@@ -240,37 +296,41 @@ def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _F
     crop = (slice(y, y + h), slice(x, x + w))
     xs = np.arange(x, x + w, dtype=np.float64)  # frame coordinates of the crop's columns
     ys = np.arange(y, y + h, dtype=np.float64)  # and of its rows
-    gx, gy = xs, ys[:, None]  # the same, to broadcast into (h, w) maps
-    area, mean_x, mean_y = _mean_xy(inside, xs, ys)
-
     parts = {}
     axis_px = inside  # the pixels the axis is fitted to
     shaft_labelled = False
+    whole = None  # _sums of the instrument
     if frame.task == "parts":
-        labels = frame.mask[crop]
+        labels = cv2.copyTo(frame.mask[crop], inside.view(np.uint8))  # 0 outside the instrument
+        total = np.zeros(3)
         for name, value in PART_LABELS.items():
-            part = inside & (labels == value)
-            count, px, py = _mean_xy(part, xs, ys)
-            if count:
-                parts[name] = (px, py)
-            if value == SHAFT and count >= _MIN_AXIS_PX:
+            part = labels == value
+            sums = _sums(part, xs, ys)
+            total += sums
+            if sums[0]:
+                parts[name] = _mean(sums)
+            if value == SHAFT and sums[0] >= _MIN_AXIS_PX:
                 axis_px, shaft_labelled = part, True
+        if total[0] == cv2.countNonZero(inside.view(np.uint8)):  # only part labels: their sum
+            whole = (int(total[0]), float(total[1]), float(total[2]))
+    if whole is None:
+        whole = _sums(inside, xs, ys)
+    area, (mean_x, mean_y) = whole[0], _mean(whole)
 
-    stretches = components((inside & frame.band[crop]).view(np.uint8), 1)  # contact pixels
+    if stretches is None:
+        stretches = contact_stretches(inside, frame.band[crop])
     on_border = bool(stretches)
     if on_border:
-        stretch, (sx, sy) = max(stretches, key=lambda s: np.count_nonzero(s[0]))  # first largest
-        rows, cols = np.nonzero(stretch)
-        cols, rows = cols + (x + sx), rows + (y + sy)
+        cols, rows = stretches[0]  # the largest, the first in raster order among equals
+        cols, rows = cols + x, rows + y
         entry = np.array([int(cols.sum()) / len(cols), int(rows.sum()) / len(rows)])
-        dist2 = (gx - entry[0]) ** 2 + (gy - entry[1]) ** 2
+        dx2, dy2 = (xs - entry[0]) ** 2, (ys - entry[1]) ** 2  # dist² of a pixel: dx2 + dy2
         # Leave out the end cut by the view boundary (a disc of radius `reach` about the
         # entry); without shaft labels keep only the first `axis_span` cut widths beyond it.
-        # reach² is computed as dist2 is, so the stretch's farthest pixels are surely left out.
+        # reach² is computed as dist² is, so the stretch's farthest pixels are surely left out.
         reach2 = ((cols - entry[0]) ** 2 + (rows - entry[1]) ** 2).max()
-        selected = axis_px & (dist2 > reach2)
-        if not shaft_labelled:
-            selected &= dist2 <= reach2 * (1 + 2 * frame.axis_span) ** 2
+        outer2 = math.inf if shaft_labelled else reach2 * (1 + 2 * frame.axis_span) ** 2
+        selected = _beyond(axis_px, dx2, dy2, reach2, outer2)
         if np.count_nonzero(selected) >= _MIN_AXIS_PX:
             axis_px = selected
     vx, vy, x0, y0 = _fit_line(axis_px, x, y)
@@ -278,18 +338,18 @@ def _describe(inside: np.ndarray, origin: tuple[int, int], label: int, frame: _F
 
     if not on_border:
         # The axis end away from the jaws (parts) or else from the view centre.
-        t_min, t_max, _, _ = cv2.minMaxLoc((gx - x0) * vx + (gy - y0) * vy, inside.view(np.uint8))
+        along = (xs - x0) * vx + (ys[:, None] - y0) * vy
+        t_min, t_max, _, _ = cv2.minMaxLoc(along, inside.view(np.uint8))
         ends = np.array([x0, y0]) + np.outer([t_min, t_max], axis)
         away_from = parts.get("clasper", parts.get("wrist", frame.view.centre))
         entry = ends[int(np.argmax(np.linalg.norm(ends - away_from, axis=1)))]
-        dist2 = (gx - entry[0]) ** 2 + (gy - entry[1]) ** 2
+        dx2, dy2 = (xs - entry[0]) ** 2, (ys - entry[1]) ** 2
 
-    reach2_max = dist2[inside].max()  # capped below: sqrt(x)² may round above x
-    far = inside & (dist2 >= min(max(math.sqrt(reach2_max) - frame.tip_band, 0.0) ** 2, reach2_max))
-    _, tip_x, tip_y = _mean_xy(far, xs, ys)
-    tip = np.array([tip_x, tip_y])
+    far, top = _far_pixels(inside, dx2, dy2, frame.tip_band)
+    tip = np.array(_mean(_sums(far, xs, ys[top : top + len(far)])))
     # A tip band reaching into the border band is the view's edge, not the instrument's end.
-    tip_in_view = not cv2.countNonZero((far & frame.band[crop]).view(np.uint8))
+    band = frame.band[y + top : y + top + len(far), x : x + w]
+    tip_in_view = not cv2.countNonZero((far & band).view(np.uint8))
     if frame.tip_probability is not None and frame.confidence is not None and tip_in_view:
         refined = far_end(inside, (x, y), entry, tip, frame.mask, frame.confidence,
                           probability=frame.tip_probability, tip_band=frame.tip_band,
@@ -383,7 +443,10 @@ def find_instruments(
         if mask.size and (mask.min() < 0 or mask.max() > 255):
             raise ValueError("mask labels must lie in 0..255")
         mask = mask.astype(np.uint8)
-    found = components(cv2.inRange(mask, 1, IGNORE_INDEX - 1), min_area)
+    foreground = mask  # labels 1..254: a mask without IGNORE_INDEX needs no pass to find them
+    if mask.max(initial=0) >= IGNORE_INDEX:
+        foreground = cv2.inRange(mask, 1, IGNORE_INDEX - 1)
+    found = components(foreground, min_area)
     if not found:
         return []
 
@@ -404,11 +467,15 @@ def find_instruments(
     for inside, (x, y) in found:
         if task != "types":
             box = (slice(y, y + inside.shape[0]), slice(x, x + inside.shape[1]))
+            stretches = contact_stretches(inside, frame.band[box])
             pieces = split and split_component(
                 inside, frame.band[box], mask[box] if task == "parts" else None,
-                axis_span=axis_span, min_area=min_area)  # fmt: skip
-            for piece, (px, py) in pieces or [(inside, (0, 0))]:
-                instruments.append(_describe(piece, (x + px, y + py), 1, frame))
+                axis_span=axis_span, min_area=min_area, stretches=stretches)  # fmt: skip
+            if pieces:
+                instruments += [_describe(piece, (x + px, y + py), 1, frame)
+                                for piece, (px, py) in pieces]  # fmt: skip
+            else:
+                instruments.append(_describe(inside, (x, y), 1, frame, stretches))
             continue
         labels = mask[y : y + inside.shape[0], x : x + inside.shape[1]]
         for value in np.unique(labels[inside]):

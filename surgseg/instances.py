@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from surgseg.tasks import CLASPER, SHAFT, WRIST
 
-__all__ = ["components", "far_end", "split_component"]
+__all__ = ["components", "contact_stretches", "far_end", "split_component"]
 
 _MIN_STRETCH_PX = 3  # smaller contact stretches are specks, not entries
 _MIN_AXIS_PX = 20
@@ -83,11 +83,18 @@ def components(binary: np.ndarray, min_area: int) -> list[tuple[np.ndarray, tupl
     return [(inside, origin) for _, inside, origin in found]
 
 
-def _stretches(contact: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pixel coordinates (xs, ys) of each 8-connected stretch of ``contact`` (uint8) of at least
-    ``_MIN_STRETCH_PX`` pixels, largest first (ties in raster order)."""
+def contact_stretches(inside: np.ndarray, band: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pixel coordinates (xs, ys) of each 8-connected stretch of the pixels of the boolean crop
+    ``inside`` that lie in ``band`` (the view's border band, same shape), largest first (ties
+    in raster order of their first pixel)."""
+    contact = (inside & band).view(np.uint8)
+    contours, _ = cv2.findContours(contact, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) == 1:  # one stretch without holes (the usual entry): every contact pixel
+        x, y, w, h = cv2.boundingRect(contours[0])
+        ys, xs = np.nonzero(contact[y : y + h, x : x + w])
+        return [(xs + x, ys + y)]
     found = []
-    for piece, (x, y) in components(contact, _MIN_STRETCH_PX):
+    for piece, (x, y) in components(contact, 1):
         ys, xs = np.nonzero(piece)
         found.append((xs + x, ys + y))
     found.sort(key=lambda stretch: -len(stretch[0]))
@@ -160,6 +167,7 @@ def split_component(
     *,
     axis_span: float = 1.5,
     min_area: int = 1,
+    stretches: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
     """One region per instrument of a connected component, or None when it is one.
 
@@ -170,6 +178,7 @@ def split_component(
         axis_span: the seeds' axes are fitted to the first ``axis_span`` shaft widths beyond
             their entries, as the cues' axis without shaft labels.
         min_area: a seed whose region would be smaller is dropped (its pixels go to the others).
+        stretches: ``contact_stretches(inside, band)`` where the caller has them already.
 
     Returns None (nothing to split) unless the component touches the border in two or more
     stretches that seed different instruments: for parts, a stretch seeds only when at least
@@ -178,7 +187,9 @@ def split_component(
     in ``inside``), one per seed: together they cover the component without overlap (the
     pixels are given out part by part: see the module).
     """
-    stretches = _stretches((inside & band).view(np.uint8))
+    if stretches is None:
+        stretches = contact_stretches(inside, band)
+    stretches = [s for s in stretches if len(s[0]) >= _MIN_STRETCH_PX]  # specks are no entries
     if len(stretches) < 2:
         return None
     shaft = None if labels is None else (labels == SHAFT)
@@ -552,6 +563,7 @@ def far_end(
     farthest = dist2[grown].max()
     if farthest <= dist2[own].max():  # not beyond the mask's own reach
         return None
-    far = grown & (dist2 >= max(math.sqrt(farthest) - tip_band, 0.0) ** 2)
+    # capped: sqrt(x)² may round above x, and then no pixel would be within the band
+    far = grown & (dist2 >= min(max(math.sqrt(farthest) - tip_band, 0.0) ** 2, farthest))
     fy, fx = np.nonzero(far)
-    return np.array([fx.mean() + x0, fy.mean() + y0])
+    return np.array([int(fx.sum()) / len(fx) + x0, int(fy.sum()) / len(fy) + y0])

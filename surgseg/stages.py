@@ -11,7 +11,7 @@ Offline processing (``surgseg.infer``), live streaming (``surgseg.live``) and th
 Stages marked (k) are stateless per frame and run on ``workers`` threads with results put
 back in frame order: render in those threads (OpenCV releases the GIL for its heavy work),
 locate in as many worker processes driven by them (``surgseg.cue_workers``: the cue
-geometry holds the GIL for 35–43 % of its time, so threads of it would not scale). The
+geometry holds the GIL for about half of its time, so threads of it would not scale). The
 tracker and the muxers are stateful and run in one thread each. Frames travel in ``Batch``es of
 ``batch_size``.
 """
@@ -155,7 +155,7 @@ class Locate:
 
     With ``processes`` (by default when ``workers`` > 1) the geometry runs in the worker
     processes of ``surgseg.cue_workers`` (masks passed through shared memory, results
-    identical): ``find_instruments`` holds the GIL for 35–43 % of its time, so threads
+    identical): ``find_instruments`` holds the GIL for about half of its time, so threads
     of it do not scale. Each of the stage's ``workers`` threads then drives one process. With
     one worker it runs in the stage's thread, with nothing to copy.
     """

@@ -190,6 +190,25 @@ def test_the_split_leaves_single_instruments_alone():
             assert [i.to_dict() for i in split] == [i.to_dict() for i in plain]
 
 
+def test_far_end_with_zero_tip_band_is_the_farthest_pixel():
+    """tip_band = 0: the far end is the farthest of the grown pixels, never NaN (it was for
+    about one entry in five, when sqrt(d²)² rounded above d² and no pixel passed the band)."""
+    labels = np.zeros((100, 300), np.uint8)
+    labels[40:60, 0:200] = CLASPER
+    confidence = np.full(labels.shape, 250, np.uint8)
+    confidence[40:60, 200:210] = 153  # the instrument at 0.4, beyond the mask
+    inside, tip = labels[40:60, 0:200] > 0, np.array([198.5, 49.5])
+    ys, xs = np.mgrid[40:60, 0:210]
+    near = (xs - tip[0]) ** 2 + (ys - tip[1]) ** 2 <= 12.0**2  # the grown pixels near the tip
+    for step in range(25):
+        entry = np.array([0.3 * step, 37.0 + 0.55 * step])
+        d2 = (xs - entry[0]) ** 2 + (ys - entry[1]) ** 2
+        farthest = near & (d2 == d2[near].max())
+        found = far_end(inside, (0, 40), entry, tip, labels, confidence, probability=0.3,
+                        tip_band=0.0, reach=12.0)  # fmt: skip
+        assert found == pytest.approx([xs[farthest].mean(), ys[farthest].mean()], abs=1e-9)
+
+
 def test_far_end_from_confidence():
     """A mask that stops at x = 199 where the model still gives the instrument 40 %: with a
     probability threshold of 0.3 the far end moves to x ≈ 209 (within the 12 px reach); at
