@@ -7,6 +7,11 @@ soon after the longest video does. A worker processes a video exactly as a local
 (``surgseg.infer.VideoJobs``), writing into the output folder, which must be a path every
 node sees (a shared filesystem).
 
+Start-up: ``RayWorkers.start`` launches the workers before the driver loads anything heavy
+(this module imports neither torch nor the pipeline): a worker's imports, a few seconds, then
+overlap the driver's own, its checkpoint check and its planning. The workers build their
+models once ``process`` names the predictor.
+
 Faults: a worker process that dies mid-video (killed, out of memory, node lost) is restarted
 by Ray and the video redone from the start, up to ``max_retries`` times; after that the video
 is recorded as failed. What the dead process left is never mistaken for a result: a video's
@@ -18,14 +23,16 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
+from surgseg.archive import Job, JobResult, record_failure
 from surgseg.errors import ConfigError
-from surgseg.infer import Job, JobResult, VideoJobs, record_failure
 from surgseg.options import RayOptions, Workers
-from surgseg.predictor import PredictorSpec
 from surgseg.progress import progress_bar
-from surgseg.tuning import tune_process
+
+if TYPE_CHECKING:
+    from surgseg.predictor import PredictorSpec
 
 
 def _ray() -> Any:
@@ -37,20 +44,34 @@ def _ray() -> Any:
 
 
 class VideoWorker:
-    """A Ray actor: one model, videos one at a time."""
+    """A Ray actor: one model, videos one at a time. Created, it imports the pipeline; the
+    model is built by ``load``, or by the first ``run`` after Ray restarted the actor."""
 
-    def __init__(self, predictor: PredictorSpec, jobs: dict[str, Any], threads: int):
+    def __init__(self, threads: int):
         import ray
         import torch
 
+        from surgseg.infer import VideoJobs  # the pipeline's imports: most of a worker's start
+        from surgseg.tuning import tune_process
+
         tune_process()  # as the surgseg commands set theirs
         torch.set_num_threads(threads)
-        node = ray.get_runtime_context().get_node_id()
-        self.jobs = VideoJobs(predictor.build(), worker={"ray_node": node}, **jobs)
+        self.video_jobs = VideoJobs
+        self.node = ray.get_runtime_context().get_node_id()
+        self.spec: PredictorSpec | None = None
+        self.predictor: Any = None
 
-    def run(self, job: Job) -> JobResult:
-        """Process one video."""
-        return self.jobs(job)
+    def load(self, spec: PredictorSpec) -> None:
+        """Build the predictor of ``spec`` unless it is the one held."""
+        if spec != self.spec:
+            self.predictor, self.spec = spec.build(), spec
+
+    def run(self, job: Job, spec: PredictorSpec, jobs: dict[str, Any]) -> JobResult:
+        """Process one video with the predictor of ``spec``; ``jobs``: ``VideoJobs``'s
+        options."""
+        self.load(spec)
+        runner = self.video_jobs(self.predictor, worker={"ray_node": self.node}, **jobs)
+        return runner(job)
 
 
 def connect(options: RayOptions) -> bool:
@@ -81,70 +102,107 @@ def worker_count(options: RayOptions, *, gpus: int, jobs: int) -> int:
             raise ConfigError("device=cuda with cluster=ray: the Ray cluster has no GPU")
     else:
         count = max(1, int(resources.get("CPU", 1) // options.cpus_per_worker))
-    return max(1, min(count, jobs))
+    return min(max(1, count), jobs)
 
 
-def process_on_ray(
-    jobs: list[Job],
-    *,
-    predictor: PredictorSpec,
-    jobs_options: dict[str, Any],
-    options: RayOptions,
-    progress: bool = True,
-    on_result: Callable[[JobResult], None],
-) -> None:
-    """Process ``jobs`` on the Ray cluster of ``options``; ``on_result`` gets each video's
-    outcome as it ends (in the caller's thread). ``jobs_options`` are ``VideoJobs``'s."""
-    ray = _ray()
-    from ray.exceptions import RayActorError, RayTaskError
+class RayWorkers:
+    """The model workers of one run on the Ray cluster of ``options``: a context manager
+    that connects when the first workers start and, on exit, ends them (and Ray, if it
+    started it).
 
-    if predictor.device not in ("cpu", "cuda"):
-        raise ConfigError(f"device={predictor.device} with cluster=ray: use cpu, or cuda (each "
-                          "worker gets a GPU of its own)")  # fmt: skip
-    gpus = int(predictor.device == "cuda")
-    # A worker uses the CPUs it reserves: as many torch threads, at most as many stage workers
-    # (with one CPU, the cue geometry stays in its stage's thread: no worker processes).
-    asked = jobs_options.get("workers") or Workers()
-    cpus = options.cpus_per_worker
-    jobs_options = {**jobs_options, "workers": Workers(locate=min(asked.locate, cpus),
-                                                       render=min(asked.render, cpus))}  # fmt: skip
-    started_here = connect(options)
-    worker = ray.remote(VideoWorker).options(
-        num_cpus=options.cpus_per_worker, num_gpus=gpus, max_restarts=options.max_retries,
-        max_task_retries=options.max_retries)  # fmt: skip
+    Args:
+        options: the cluster, worker count and size, retries.
+        device: ``cpu``, or ``cuda`` for a GPU of its own per worker.
+    """
 
-    def start() -> Any:
-        return worker.remote(predictor, jobs_options, options.cpus_per_worker)
+    def __init__(self, options: RayOptions, *, device: str):
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"device={device} with cluster=ray: use cpu, or cuda (each "
+                              "worker gets a GPU of its own)")  # fmt: skip
+        self.options, self.gpus = options, int(device == "cuda")
+        self.ray = _ray()
+        self.started_here = False
+        self.actor: Any = None  # the worker class, once connected
+        self.idle: list[Any] = []  # workers without a video
+        self.running: dict[Any, tuple[Any, Job]] = {}  # a video's result: (worker, video)
 
-    waiting = deque(sorted(jobs, key=lambda j: _size(j), reverse=True))
-    idle = [start() for _ in range(worker_count(options, gpus=gpus, jobs=len(jobs)))]
-    running: dict[Any, tuple[Any, Job]] = {}
-    bar = progress_bar(total=len(jobs), desc="videos", unit="video", enabled=progress)
-    try:
-        while waiting or running:
-            while idle and waiting:
-                actor, job = idle.pop(), waiting.popleft()
-                running[actor.run.remote(job)] = (actor, job)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            actor, job = running.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except RayActorError:
-                reason = (f"{job.video}: the worker process died while processing it, "
-                          f"also after {options.max_retries} restart(s)")  # fmt: skip
-                result = record_failure(job, reason, run_hash=jobs_options.get("run_hash"))
-                actor = start()
-            except RayTaskError as exc:  # a bug or a write error: stop the run, say what
-                raise (exc.cause or exc) from exc
-            idle.append(actor)
-            bar.update(1)
-            on_result(result)
-    finally:
-        bar.close()
-        for actor in [*idle, *(a for a, _ in running.values())]:
-            ray.kill(actor)
-        if started_here:
-            ray.shutdown()
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        for actor in [*self.idle, *(actor for actor, _ in self.running.values())]:
+            self.ray.kill(actor)
+        self.idle, self.running = [], {}
+        if self.started_here:
+            self.ray.shutdown()
+
+    def start(self, videos: int) -> None:
+        """Have workers for ``videos`` videos (``worker_count``) starting or running; the
+        first call connects to the cluster (none, when there is no video)."""
+        if not videos:
+            return
+        if self.actor is None:
+            self.started_here = connect(self.options)
+            self.actor = self.ray.remote(VideoWorker).options(
+                num_cpus=self.options.cpus_per_worker, num_gpus=self.gpus,
+                max_restarts=self.options.max_retries,
+                max_task_retries=self.options.max_retries)  # fmt: skip
+        missing = worker_count(self.options, gpus=self.gpus, jobs=videos) - len(self.idle)
+        self.idle += [self._new() for _ in range(missing - len(self.running))]
+
+    def _new(self) -> Any:
+        return self.actor.remote(self.options.cpus_per_worker)
+
+    def process(
+        self,
+        jobs: list[Job],
+        *,
+        predictor: PredictorSpec,
+        jobs_options: dict[str, Any],
+        progress: bool = True,
+        on_result: Callable[[JobResult], None],
+    ) -> None:
+        """Process ``jobs``; ``on_result`` gets each video's outcome as it ends (in the
+        caller's thread). ``jobs_options`` are ``VideoJobs``'s. Workers started beyond what
+        ``jobs`` need are ended; missing ones are started."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        # A worker uses the CPUs it reserves: as many torch threads, at most as many stage
+        # workers (with one CPU, the cue geometry stays in its stage's thread: no processes).
+        asked, cpus = jobs_options.get("workers") or Workers(), self.options.cpus_per_worker
+        workers = Workers(locate=min(asked.locate, cpus), render=min(asked.render, cpus))
+        jobs_options = {**jobs_options, "workers": workers}
+        self.start(len(jobs))
+        want = worker_count(self.options, gpus=self.gpus, jobs=len(jobs))
+        for actor in self.idle[want:]:
+            self.ray.kill(actor)
+        del self.idle[want:]
+        for actor in self.idle:
+            actor.load.remote(predictor)  # queued before the worker's first video
+        waiting = deque(sorted(jobs, key=lambda j: _size(j), reverse=True))
+        bar = progress_bar(total=len(jobs), desc="videos", unit="video", enabled=progress)
+        try:
+            while waiting or self.running:
+                while self.idle and waiting:
+                    actor, job = self.idle.pop(), waiting.popleft()
+                    self.running[actor.run.remote(job, predictor, jobs_options)] = (actor, job)
+                ready, _ = self.ray.wait(list(self.running), num_returns=1)
+                actor, job = self.running.pop(ready[0])
+                try:
+                    result = self.ray.get(ready[0])
+                except RayActorError:
+                    reason = (f"{job.video}: the worker process died while processing it, "
+                              f"also after {self.options.max_retries} restart(s)")  # fmt: skip
+                    result = record_failure(job, reason, run_hash=jobs_options.get("run_hash"))
+                    actor = self._new()
+                except RayTaskError as exc:  # a bug or a write error: stop the run, say what
+                    raise (exc.cause or exc) from exc
+                self.idle.append(actor)
+                bar.update(1)
+                on_result(result)
+        finally:
+            bar.close()
 
 
 def _size(job: Job) -> int:

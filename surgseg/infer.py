@@ -23,67 +23,36 @@ settings (``run_hash``), and redoes unfinished ones. Videos run here one after a
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import itertools
-import json
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from surgseg import report, tables
+from surgseg.archive import (
+    InferSummary,
+    Job,
+    JobResult,
+    clear_leftovers,
+    input_stat,
+    plan_jobs,
+    record_failure,
+)
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader
 from surgseg.errors import ConfigError, SurgsegError, VideoError
-from surgseg.options import CueOptions, OutputOptions, RayOptions, Workers
+from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor, PredictorSpec
 from surgseg.progress import LineProgress, progress_bar
 from surgseg.stages import open_outputs, segmentation_pipeline
 
 if TYPE_CHECKING:
+    from surgseg.cluster import RayWorkers
     from surgseg.tables import VideoEntry
-
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
-
-
-def _glob_root(pattern: str) -> Path:
-    """The folder a glob pattern searches: its leading components free of wildcards."""
-    parts = Path(pattern).parts
-    fixed = list(itertools.takewhile(lambda part: not set(part) & set("*?["), parts))
-    return Path(*fixed) if fixed else Path(".")
-
-
-def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
-    """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)
-    into (video, output folder name) pairs, sorted by path.
-
-    The folder name is the video's path relative to what ``spec`` names (the folder, the
-    glob's fixed leading folders, or the file's own folder), file name and extension
-    included: it never leaves the output folder, two inputs never share it (``a.mp4`` and
-    ``a.avi`` are ``a.mp4/`` and ``a.avi/``), and it does not depend on the other inputs.
-    """
-    path = Path(spec)
-    if path.is_dir():
-        root = path
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not found:
-            raise VideoError("no video files in this folder", path)
-    elif any(ch in str(spec) for ch in "*?["):
-        spec = os.path.normpath(spec)  # no ".." left to lead a name out of the output folder
-        root = _glob_root(spec)
-        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        if not found:
-            raise VideoError("no file matches this pattern", spec)
-    else:  # a single file; a missing one fails when it is opened, with its name
-        return [(path, path.name)]
-    return [(video, video.relative_to(root).as_posix()) for video in found]
-
 
 def software_versions() -> dict[str, str]:
     """Versions of the software that produced a result."""
@@ -216,139 +185,6 @@ def process_video(
     return run
 
 
-# --- a batch of videos: what is left to do, one video at a time, the summary ------------------
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input video and its folder (``name``, relative to the output folder)."""
-
-    video: Path
-    name: str
-    out_dir: Path
-
-
-@dataclass
-class JobResult:
-    """How one video ended: ``done`` (with its frame count) or ``failed`` (with the reason)."""
-
-    job: Job
-    status: str
-    frames: int = 0
-    reason: str | None = None
-
-
-@dataclass
-class InferSummary:
-    """Outcome of a run over several inputs."""
-
-    done: list[Path] = field(default_factory=list)  # output folders of videos finished now
-    skipped: list[Path] = field(default_factory=list)  # finished by an earlier run, same hash
-    failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
-    frames: int = 0  # frames processed in this run
-    wall_s: float = 0.0
-
-    def add(self, result: JobResult) -> None:
-        """Count one finished video."""
-        if result.status == "done":
-            self.done.append(result.job.out_dir)
-            self.frames += result.frames
-        else:
-            self.failed.append((result.job.video, result.reason or "failed"))
-
-    def lines(self) -> list[str]:
-        """The summary for people: counts, frames, time, and every failure with its reason."""
-        fps = f" ({self.frames / self.wall_s:.1f} fps)" if self.wall_s > 0 and self.frames else ""
-        lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (finished earlier with the "
-                 f"same checkpoint and settings), {len(self.failed)} failed; {self.frames} "
-                 f"frames in {self.wall_s:.1f} s{fps}"]  # fmt: skip
-        if self.failed:
-            lines += ["failed:", *(f"  {reason}" for _, reason in self.failed)]
-        return lines
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def run_hash(checkpoint: str | Path, settings: Mapping[str, Any]) -> str:
-    """What decides a video's outputs, as a short digest: the checkpoint's bytes and the
-    ``settings`` (task, input size, engine and precision, cue and output options). Paths,
-    batch size, worker counts and the cluster do not change the outputs and stay out."""
-    text = json.dumps({"checkpoint_sha256": file_digest(checkpoint), **settings},
-                      sort_keys=True, default=str)  # fmt: skip
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def input_stat(video: Path) -> dict[str, int] | None:
-    """Size and modification time of an input, to notice that it changed; None if missing."""
-    try:
-        st = video.stat()
-    except OSError:
-        return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A run.json or failed.json, or None if it is missing or unreadable."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def earlier_outcome(job: Job, run_hash: str) -> dict[str, Any] | None:
-    """The record of an earlier run that finished ``job``, or failed on its unchanged input,
-    with the same ``run_hash``; None when the video is to be (re)done."""
-    done = read_record(job.out_dir / "run.json")
-    if done and done.get("status") == "done" and done.get("run_hash") == run_hash:
-        return done
-    failed = read_record(job.out_dir / "failed.json")
-    if (failed and failed.get("run_hash") == run_hash
-            and failed.get("input_stat") == input_stat(job.video)):  # fmt: skip
-        return failed
-    return None
-
-
-def plan_jobs(
-    inputs: str | Path, output_dir: Path, *, run_hash: str, resume: bool = True
-) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
-    """(videos to process, videos an earlier run ended with their record). ``resume`` False:
-    every video is processed again."""
-    todo, earlier = [], []
-    for video, name in find_inputs(inputs):
-        job = Job(video, name, Path(output_dir) / name)
-        record = earlier_outcome(job, run_hash) if resume else None
-        if record is None:
-            todo.append(job)
-        else:
-            earlier.append((job, record))
-    return todo, earlier
-
-
-def clear_leftovers(folder: Path) -> None:
-    """Remove the temporary files (``.<name>.partial-<pid>.<ext>``) a killed process left in
-    a video's folder; the caller holds the folder."""
-    for leftover in [*folder.glob(".*.partial-*"), *folder.glob("masks/.*.partial-*")]:
-        leftover.unlink(missing_ok=True)
-
-
-def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
-    """Write ``failed.json`` for a video that cannot be processed; later runs with the same
-    ``run_hash`` skip it while the input file stays the same."""
-    record = {"status": "failed", "input": str(job.video), "reason": reason,
-              "run_hash": run_hash, "input_stat": input_stat(job.video),
-              "finished": datetime.now(UTC).isoformat()}  # fmt: skip
-    write_json(job.out_dir / "failed.json", record)
-    return JobResult(job, "failed", reason=reason)
-
-
 class VideoJobs:
     """Processes videos one at a time with one predictor: clears what a killed process left
     in the video's folder, runs ``process_video``, adds the video's part of the cue table, and
@@ -425,12 +261,12 @@ def process_inputs(
     record: dict[str, Any] | None = None,
     run_hash: str | None = None,
     resume: bool = True,
-    ray: RayOptions | None = None,
+    cluster: RayWorkers | None = None,
 ) -> InferSummary:
     """Process every video named by ``inputs`` into ``output_dir``, here one after another or
-    on a Ray cluster (``ray``); skip those an earlier run ended with the same ``run_hash``
-    (unless ``resume`` is False); a failing video does not stop the others. Then update the
-    folder's tables and report."""
+    on the workers of a Ray cluster (``cluster``); skip those an earlier run ended with the
+    same ``run_hash`` (unless ``resume`` is False); a failing video does not stop the others.
+    Then update the folder's tables and report."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     todo, earlier = plan_jobs(inputs, output_dir, run_hash=run_hash or "", resume=resume)
@@ -450,11 +286,9 @@ def process_inputs(
 
     options = dict(output_dir=output_dir, outputs=outputs, cues=cues, batch_size=batch_size,
                    workers=workers, record=record, run_hash=run_hash)  # fmt: skip
-    if todo and ray is not None:
-        from surgseg.cluster import process_on_ray
-
-        process_on_ray(todo, predictor=predictor, jobs_options=options, options=ray,
-                       progress=progress, on_result=finished)  # fmt: skip
+    if todo and cluster is not None:
+        cluster.process(todo, predictor=predictor, jobs_options=options, progress=progress,
+                        on_result=finished)  # fmt: skip
     elif todo:
         run_jobs(todo, VideoJobs(predictor.build(), progress=progress, **options), finished)
     update_archive(output_dir)

@@ -25,10 +25,6 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from matplotlib.collections import PolyCollection
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
 
 from surgseg.atomic import atomic_path, write_json
 from surgseg.tables import (
@@ -187,6 +183,13 @@ def _segments(rows: pa.Table, start: float) -> dict[str, np.ndarray]:
 def _write_timeline(entry: VideoEntry, output_dir: Path, path: Path) -> tuple[int, int] | None:
     """A PNG of which instrument ids are in view over time; its size in pixels, or None
     without any instrument."""
+    # matplotlib is imported here, not with the module: the workers of a cluster import this
+    # module (through surgseg.infer) but never draw
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator
+
     rows = _cue_rows(entry, output_dir)
     if rows is None or rows.num_rows == 0:
         return None

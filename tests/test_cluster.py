@@ -114,7 +114,7 @@ def test_a_worker_that_keeps_dying_fails_its_video_once(local_cluster, make_chec
     from surgseg import cluster
 
     class Dying(cluster.VideoWorker):
-        def run(self, job):
+        def run(self, job, spec, jobs):
             os._exit(1)
 
     monkeypatch.setattr(cluster, "VideoWorker", Dying)
@@ -126,6 +126,46 @@ def test_a_worker_that_keeps_dying_fails_its_video_once(local_cluster, make_chec
     again = run(_cfg(input=tmp_path / "in", checkpoint=make_checkpoint(), output_dir=out,
                      **{"ray.workers": 1, "ray.max_retries": 1}))  # fmt: skip
     assert "an earlier run" in again.failed[0][1]
+
+
+def test_workers_start_before_the_checkpoint_is_loaded(local_cluster, make_checkpoint,
+                                                       tmp_path, monkeypatch):  # fmt: skip
+    """The workers' start (their imports) overlaps the driver's checkpoint check and planning;
+    a run with nothing left to do starts none."""
+    from surgseg import checkpoint, cluster
+
+    write_video(tmp_path / "in" / "a", fmt="h264-mp4", frames=3)
+    events = []
+    start, load = cluster.RayWorkers.start, checkpoint.load_checkpoint
+
+    def logged_start(self, videos):
+        events.append(("start", videos))
+        start(self, videos)
+
+    def logged_load(*args, **kwargs):
+        events.append(("load_checkpoint",))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(cluster.RayWorkers, "start", logged_start)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", logged_load)
+    cfg = _cfg(input=tmp_path / "in", checkpoint=make_checkpoint(), output_dir=tmp_path / "out",
+               **{"ray.workers": 2})  # fmt: skip
+    assert run(cfg).frames == 3
+    # one video: one worker, started before the checkpoint was read
+    assert events[:2] == [("start", 1), ("load_checkpoint",)]
+    events.clear()
+    assert run(cfg).skipped == [tmp_path / "out" / "a.mp4"]
+    assert events == [("start", 0), ("load_checkpoint",)]
+
+
+def test_the_driver_plans_without_torch():
+    """What the driver needs before the workers start imports neither torch nor the
+    pipeline (else the workers' start would wait for the driver's imports)."""
+    code = ("import sys, surgseg.apps.infer, surgseg.archive, surgseg.cluster; "
+            "print(sorted(m for m in ('torch', 'surgseg.infer') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)  # fmt: skip
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

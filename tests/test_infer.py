@@ -21,10 +21,10 @@ from hydra import compose, initialize_config_dir
 
 from surgseg.apps import CONF_DIR
 from surgseg.apps.infer import run
+from surgseg.archive import find_inputs
 from surgseg.cues import estimate_view, find_instruments
 from surgseg.decode import read_frames
 from surgseg.errors import CheckpointError, ConfigError
-from surgseg.infer import find_inputs
 from surgseg.options import OutputOptions
 from surgseg.sinks import read_masks
 from surgseg.synthetic import write_clip

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +26,8 @@ from surgseg.errors import ConfigError
 from surgseg.options import CLUSTERS, CueOptions, OutputOptions, RayOptions, Workers
 
 if TYPE_CHECKING:
-    from surgseg.infer import InferSummary
+    from surgseg.archive import InferSummary
+    from surgseg.cluster import RayWorkers
     from surgseg.predictor import Predictor, PredictorSpec
 
 
@@ -51,9 +53,6 @@ def build_predictor(cfg: DictConfig, *, task: str | None) -> Predictor:
 
 def run(cfg: DictConfig) -> InferSummary:
     """Process ``cfg.input`` into ``cfg.output_dir``."""
-    from surgseg.checkpoint import load_checkpoint
-    from surgseg.infer import process_inputs, run_hash
-
     outputs = dataclass_from(OutputOptions, cfg.outputs, "outputs")
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
     workers = dataclass_from(Workers, cfg.workers, "workers")
@@ -61,32 +60,40 @@ def run(cfg: DictConfig) -> InferSummary:
     progress, resume = check_bool(cfg, "progress"), check_bool(cfg, "resume")
     if cfg.cluster not in CLUSTERS:
         raise ConfigError(f"cluster must be one of {CLUSTERS}, got {cfg.cluster!r}")
-    ray = dataclass_from(RayOptions, cfg.ray, "ray") if cfg.cluster == "ray" else None
-    spec = predictor_spec(cfg, task=cfg.task, check=ray is None)
+    with ExitStack() as stack:
+        cluster = None
+        if cfg.cluster == "ray":
+            from surgseg.archive import unrecorded
+            from surgseg.cluster import RayWorkers
+
+            options = dataclass_from(RayOptions, cfg.ray, "ray")
+            cluster = stack.enter_context(RayWorkers(options, device=str(cfg.device)))
+            # Workers for the videos without any record start now: their imports overlap
+            # this process's own (torch), its checkpoint check and its planning.
+            cluster.start(unrecorded(cfg.input, Path(cfg.output_dir)))
+        return _process(cfg, outputs=outputs, cues=cues, workers=workers, batch_size=batch_size,
+                        progress=progress, resume=resume, cluster=cluster)  # fmt: skip
+
+
+def _process(cfg: DictConfig, *, cluster: RayWorkers | None, **options: Any) -> InferSummary:
+    from surgseg.archive import run_hash
+    from surgseg.checkpoint import load_checkpoint
+    from surgseg.infer import process_inputs
+
+    spec = predictor_spec(cfg, task=cfg.task, check=cluster is None)
     _, meta = load_checkpoint(spec.checkpoint, task=spec.task)  # a bad checkpoint: one line now
     output_dir = claim_output_dir(cfg.output_dir)
     engine = {k: v for k, v in spec.engine_options.items() if k not in NOT_IN_HASH}
     settings = {"task": meta.task, "input_size": list(spec.input_size or meta.input_size),
                 "engine": {"name": spec.engine, **engine},
-                "cues": asdict(cues), "outputs": asdict(outputs)}  # fmt: skip
+                "cues": asdict(options["cues"]), "outputs": asdict(options["outputs"])}  # fmt: skip
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    return process_inputs(
-        cfg.input,
-        predictor=spec,
-        output_dir=output_dir,
-        outputs=outputs,
-        cues=cues,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        record=record,
-        run_hash=run_hash(spec.checkpoint, settings),
-        resume=resume,
-        ray=ray,
-    )
+    return process_inputs(cfg.input, predictor=spec, output_dir=output_dir, record=record,
+                          run_hash=run_hash(spec.checkpoint, settings), cluster=cluster,
+                          **options)  # fmt: skip
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="infer")

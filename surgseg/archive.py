@@ -1,0 +1,195 @@
+"""Which videos of an archive a run processes: the inputs and their output folders, what
+earlier runs left (``run.json``, ``failed.json``: resume), and the run's summary.
+
+Nothing here loads a model or imports torch, so a cluster's driver can plan with it while its
+workers start (``surgseg.cluster``).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from surgseg.atomic import write_json
+from surgseg.errors import VideoError
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading components free of wildcards."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not set(part) & set("*?["), parts))
+    return Path(*fixed) if fixed else Path(".")
+
+
+def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
+    """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)
+    into (video, output folder name) pairs, sorted by path.
+
+    The folder name is the video's path relative to what ``spec`` names (the folder, the
+    glob's fixed leading folders, or the file's own folder), file name and extension
+    included: it never leaves the output folder, two inputs never share it (``a.mp4`` and
+    ``a.avi`` are ``a.mp4/`` and ``a.avi/``), and it does not depend on the other inputs.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        root = path
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not found:
+            raise VideoError("no video files in this folder", path)
+    elif any(ch in str(spec) for ch in "*?["):
+        spec = os.path.normpath(spec)  # no ".." left to lead a name out of the output folder
+        root = _glob_root(spec)
+        found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not found:
+            raise VideoError("no file matches this pattern", spec)
+    else:  # a single file; a missing one fails when it is opened, with its name
+        return [(path, path.name)]
+    return [(video, video.relative_to(root).as_posix()) for video in found]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input video and its folder (``name``, relative to the output folder)."""
+
+    video: Path
+    name: str
+    out_dir: Path
+
+
+@dataclass
+class JobResult:
+    """How one video ended: ``done`` (with its frame count) or ``failed`` (with the reason)."""
+
+    job: Job
+    status: str
+    frames: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class InferSummary:
+    """Outcome of a run over several inputs."""
+
+    done: list[Path] = field(default_factory=list)  # output folders of videos finished now
+    skipped: list[Path] = field(default_factory=list)  # finished by an earlier run, same hash
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
+    frames: int = 0  # frames processed in this run
+    wall_s: float = 0.0
+
+    def add(self, result: JobResult) -> None:
+        """Count one finished video."""
+        if result.status == "done":
+            self.done.append(result.job.out_dir)
+            self.frames += result.frames
+        else:
+            self.failed.append((result.job.video, result.reason or "failed"))
+
+    def lines(self) -> list[str]:
+        """The summary for people: counts, frames, time, and every failure with its reason."""
+        fps = f" ({self.frames / self.wall_s:.1f} fps)" if self.wall_s > 0 and self.frames else ""
+        lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (finished earlier with the "
+                 f"same checkpoint and settings), {len(self.failed)} failed; {self.frames} "
+                 f"frames in {self.wall_s:.1f} s{fps}"]  # fmt: skip
+        if self.failed:
+            lines += ["failed:", *(f"  {reason}" for _, reason in self.failed)]
+        return lines
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_hash(checkpoint: str | Path, settings: Mapping[str, Any]) -> str:
+    """What decides a video's outputs, as a short digest: the checkpoint's bytes and the
+    ``settings`` (task, input size, engine and precision, cue and output options). Paths,
+    batch size, worker counts and the cluster do not change the outputs and stay out."""
+    text = json.dumps({"checkpoint_sha256": file_digest(checkpoint), **settings},
+                      sort_keys=True, default=str)  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def input_stat(video: Path) -> dict[str, int] | None:
+    """Size and modification time of an input, to notice that it changed; None if missing."""
+    try:
+        st = video.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A run.json or failed.json, or None if it is missing or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def earlier_outcome(job: Job, run_hash: str) -> dict[str, Any] | None:
+    """The record of an earlier run that finished ``job``, or failed on its unchanged input,
+    with the same ``run_hash``; None when the video is to be (re)done."""
+    done = read_record(job.out_dir / "run.json")
+    if done and done.get("status") == "done" and done.get("run_hash") == run_hash:
+        return done
+    failed = read_record(job.out_dir / "failed.json")
+    if (failed and failed.get("run_hash") == run_hash
+            and failed.get("input_stat") == input_stat(job.video)):  # fmt: skip
+        return failed
+    return None
+
+
+def plan_jobs(
+    inputs: str | Path, output_dir: Path, *, run_hash: str, resume: bool = True
+) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
+    """(videos to process, videos an earlier run ended with their record). ``resume`` False:
+    every video is processed again."""
+    todo, earlier = [], []
+    for video, name in find_inputs(inputs):
+        job = Job(video, name, Path(output_dir) / name)
+        record = earlier_outcome(job, run_hash) if resume else None
+        if record is None:
+            todo.append(job)
+        else:
+            earlier.append((job, record))
+    return todo, earlier
+
+
+def unrecorded(inputs: str | Path, output_dir: Path) -> int:
+    """How many of the videos named by ``inputs`` have no record of an earlier run at all:
+    those a run processes whatever its checkpoint and settings."""
+    return sum(not (Path(output_dir) / name / "run.json").exists()
+               and not (Path(output_dir) / name / "failed.json").exists()
+               for _, name in find_inputs(inputs))  # fmt: skip
+
+
+def clear_leftovers(folder: Path) -> None:
+    """Remove the temporary files (``.<name>.partial-<pid>.<ext>``) a killed process left in
+    a video's folder; the caller holds the folder."""
+    for leftover in [*folder.glob(".*.partial-*"), *folder.glob("masks/.*.partial-*")]:
+        leftover.unlink(missing_ok=True)
+
+
+def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
+    """Write ``failed.json`` for a video that cannot be processed; later runs with the same
+    ``run_hash`` skip it while the input file stays the same."""
+    record = {"status": "failed", "input": str(job.video), "reason": reason,
+              "run_hash": run_hash, "input_stat": input_stat(job.video),
+              "finished": datetime.now(UTC).isoformat()}  # fmt: skip
+    write_json(job.out_dir / "failed.json", record)
+    return JobResult(job, "failed", reason=reason)
