@@ -19,7 +19,13 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from surgseg.instances import components, contact_stretches, far_end, split_component
+from surgseg.instances import (
+    band_floor,
+    components,
+    contact_stretches,
+    far_end,
+    split_component,
+)
 from surgseg.options import CueOptions
 from surgseg.tasks import CLASPER, IGNORE_INDEX, SHAFT, WRIST, class_names
 from surgseg.tracking import Tracker
@@ -271,8 +277,7 @@ def _far_pixels(inside: np.ndarray, dx2: np.ndarray, dy2: np.ndarray,
     first = inside.argmax(axis=1)
     last = w - 1 - cv2.flip(inside.view(np.uint8), 1).view(bool).argmax(axis=1)
     row_max = np.where(inside[np.arange(h), first], np.maximum(dx2[first], dx2[last]) + dy2, -1.0)
-    reach2 = row_max.max()  # capped below: sqrt(x)² may round above x
-    threshold = min(max(math.sqrt(reach2) - tip_band, 0.0) ** 2, reach2)
+    threshold = band_floor(row_max.max(), tip_band)
     rows = np.flatnonzero(row_max >= threshold)
     top, bottom = int(rows[0]), int(rows[-1]) + 1
     return inside[top:bottom] & (dx2 + dy2[top:bottom, None] >= threshold), top

@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from surgseg.tasks import CLASPER, SHAFT, WRIST
 
-__all__ = ["components", "contact_stretches", "far_end", "split_component"]
+__all__ = ["band_floor", "components", "contact_stretches", "far_end", "split_component"]
 
 _MIN_STRETCH_PX = 3  # smaller contact stretches are specks, not entries
 _MIN_AXIS_PX = 20
@@ -501,6 +501,13 @@ def _assign(inside: np.ndarray, labels: np.ndarray | None, seeds: list[_Seed]) -
     return full
 
 
+def band_floor(reach2: float, band: float) -> float:
+    """The squared distance from which a pixel lies within ``band`` of the farthest one (at
+    squared distance ``reach2``): (sqrt(reach2) − band)², capped at reach2 (sqrt(x)² may round
+    above x, and then no pixel would be within the band)."""
+    return min(max(math.sqrt(reach2) - band, 0.0) ** 2, reach2)
+
+
 def far_end(
     inside: np.ndarray,
     origin: tuple[int, int],
@@ -563,7 +570,6 @@ def far_end(
     farthest = dist2[grown].max()
     if farthest <= dist2[own].max():  # not beyond the mask's own reach
         return None
-    # capped: sqrt(x)² may round above x, and then no pixel would be within the band
-    far = grown & (dist2 >= min(max(math.sqrt(farthest) - tip_band, 0.0) ** 2, farthest))
+    far = grown & (dist2 >= band_floor(farthest, tip_band))
     fy, fx = np.nonzero(far)
     return np.array([int(fx.sum()) / len(fx) + x0, int(fy.sum()) / len(fy) + y0])
