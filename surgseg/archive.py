@@ -1,8 +1,10 @@
-"""Which videos of an archive a run processes: the inputs and their output folders, what
-earlier runs left (``run.json``, ``failed.json``: resume), and the run's summary.
+"""Processing an archive: which videos a run processes (the inputs and their output folders,
+what earlier runs left in them: ``run.json``, ``failed.json``, resume), running them here or
+on a cluster's workers, the run's summary, and the folder's tables and report.
 
-Nothing here loads a model or imports torch, so a cluster's driver can plan with it while its
-workers start (``surgseg.cluster``).
+Nothing here loads a model or imports torch: a cluster's driver runs all of it while only its
+workers do (``surgseg.cluster``). The pipeline (``surgseg.infer``) is imported when videos
+run in this process, the tables and the report once the videos have ended.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ import hashlib
 import itertools
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surgseg.atomic import write_json
 from surgseg.errors import VideoError
+from surgseg.options import CueOptions, OutputOptions, PredictorSpec, Workers
+from surgseg.progress import LineProgress
+
+if TYPE_CHECKING:
+    from surgseg.cluster import RayWorkers
+    from surgseg.tables import VideoEntry
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
 
@@ -193,3 +202,79 @@ def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
               "finished": datetime.now(UTC).isoformat()}  # fmt: skip
     write_json(job.out_dir / "failed.json", record)
     return JobResult(job, "failed", reason=reason)
+
+
+def process_inputs(
+    inputs: str | Path,
+    *,
+    predictor: PredictorSpec,
+    output_dir: Path,
+    outputs: OutputOptions,
+    cues: CueOptions,
+    batch_size: int = 4,
+    workers: Workers | None = None,
+    progress: bool = True,
+    record: dict[str, Any] | None = None,
+    run_hash: str | None = None,
+    resume: bool = True,
+    cluster: RayWorkers | None = None,
+) -> InferSummary:
+    """Process every video named by ``inputs`` into ``output_dir``, here one after another or
+    on the workers of a Ray cluster (``cluster``); skip those an earlier run ended with the
+    same ``run_hash`` (unless ``resume`` is False); a failing video does not stop the others.
+    Then update the folder's tables and report."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    todo, earlier = plan_jobs(inputs, output_dir, run_hash=run_hash or "", resume=resume)
+    summary = InferSummary()
+    for job, rec in earlier:
+        if rec.get("status") == "done":
+            summary.skipped.append(job.out_dir)
+        else:
+            summary.failed.append((job.video, f"{rec.get('reason')} (an earlier run; resume=false "
+                                              "retries it)"))  # fmt: skip
+
+    def finished(result: JobResult) -> None:
+        summary.add(result)
+        if progress:
+            what = f"done: {result.job.video} -> {result.job.out_dir}"
+            LineProgress.write(what if result.status == "done" else f"failed: {result.reason}")
+
+    options = dict(output_dir=output_dir, outputs=outputs, cues=cues, batch_size=batch_size,
+                   workers=workers, record=record, run_hash=run_hash)  # fmt: skip
+    if todo and cluster is not None:
+        cluster.process(todo, predictor=predictor, jobs_options=options, progress=progress,
+                        on_result=finished)  # fmt: skip
+    elif todo:
+        from surgseg.infer import VideoJobs
+
+        runner = VideoJobs(predictor.build(), progress=progress, **options)
+        for job in todo:
+            finished(runner(job))
+    update_archive(output_dir)
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def update_archive(output_dir: Path) -> list[VideoEntry]:
+    """Bring the folder's cue table, video table and report up to date with its video folders
+    (also those of earlier runs); return the videos found."""
+    from surgseg import report, tables
+
+    entries = tables.find_videos(output_dir)
+    done = {e.name: e for e in entries if e.status == "done"}
+    for name, path in tables.cue_partitions(output_dir).items():
+        outdated = name in done and path.stat().st_mtime_ns < _mtime(done[name].folder)
+        if name not in done or outdated:
+            tables.drop_cue_partition(output_dir, name)
+    present = tables.cue_partitions(output_dir)
+    for name, entry in done.items():
+        if name not in present:
+            tables.write_cue_partition(entry.folder, name=name, output_dir=output_dir)
+    tables.write_videos_table(output_dir, entries)
+    report.write_report(output_dir, entries)
+    return entries
+
+
+def _mtime(folder: Path) -> int:
+    return (folder / "run.json").stat().st_mtime_ns

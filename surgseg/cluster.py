@@ -7,10 +7,10 @@ soon after the longest video does. A worker processes a video exactly as a local
 (``surgseg.infer.VideoJobs``), writing into the output folder, which must be a path every
 node sees (a shared filesystem).
 
-Start-up: ``RayWorkers.start`` launches the workers before the driver loads anything heavy
-(this module imports neither torch nor the pipeline): a worker's imports, a few seconds, then
-overlap the driver's own, its checkpoint check and its planning. The workers build their
-models once ``process`` names the predictor.
+Start-up: ``RayWorkers.start`` launches the workers first (this module imports neither torch
+nor the pipeline), and the driver never imports torch: the workers load the model and check
+the checkpoint (``model_settings``), which is all the driver needs of it to plan. On a
+machine's few cores the driver then takes none of the CPU time the workers' start needs.
 
 Faults: a worker process that dies mid-video (killed, out of memory, node lost) is restarted
 by Ray and the video redone from the start, up to ``max_retries`` times; after that the video
@@ -32,7 +32,7 @@ from surgseg.options import RayOptions, Workers
 from surgseg.progress import progress_bar
 
 if TYPE_CHECKING:
-    from surgseg.predictor import PredictorSpec
+    from surgseg.options import PredictorSpec
 
 
 def _ray() -> Any:
@@ -61,10 +61,12 @@ class VideoWorker:
         self.spec: PredictorSpec | None = None
         self.predictor: Any = None
 
-    def load(self, spec: PredictorSpec) -> None:
-        """Build the predictor of ``spec`` unless it is the one held."""
+    def load(self, spec: PredictorSpec) -> dict[str, Any]:
+        """Build the predictor of ``spec`` unless it is the one held; its
+        ``PredictorSpec.model_settings``."""
         if spec != self.spec:
             self.predictor, self.spec = spec.build(), spec
+        return spec.model_settings(self.predictor.meta)
 
     def run(self, job: Job, spec: PredictorSpec, jobs: dict[str, Any]) -> JobResult:
         """Process one video with the predictor of ``spec``; ``jobs``: ``VideoJobs``'s
@@ -150,6 +152,23 @@ class RayWorkers:
                 max_task_retries=self.options.max_retries)  # fmt: skip
         missing = worker_count(self.options, gpus=self.gpus, jobs=videos) - len(self.idle)
         self.idle += [self._new() for _ in range(missing - len(self.running))]
+
+    def model_settings(self, spec: PredictorSpec) -> dict[str, Any] | None:
+        """Have every started worker load ``spec``'s model now; the first to have it answers
+        with its ``PredictorSpec.model_settings``. The driver so never loads the checkpoint: a
+        bad one raises here, as the worker found it. None without a started worker, or when
+        the one that answered died."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if not self.idle:
+            return None
+        ready, _ = self.ray.wait([actor.load.remote(spec) for actor in self.idle], num_returns=1)
+        try:
+            return self.ray.get(ready[0])
+        except RayTaskError as exc:
+            raise (exc.cause or exc) from exc
+        except RayActorError:
+            return None
 
     def _new(self) -> Any:
         return self.actor.remote(self.options.cpus_per_worker)

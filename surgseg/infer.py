@@ -17,8 +17,9 @@ and the folder as a whole::
     <output_dir>/index.html                    the report (assets in index_files/)
 
 A run skips the videos an earlier run finished, or failed on, with the same checkpoint and
-settings (``run_hash``), and redoes unfinished ones. Videos run here one after another
-(``process_inputs``) or on a Ray cluster (``surgseg.cluster``), through the same ``VideoJobs``.
+settings (``run_hash``), and redoes unfinished ones. An archive's videos run here one after
+another or on a Ray cluster (``surgseg.cluster``), through the same ``VideoJobs``; planning
+them, and the folder's tables and report, are ``surgseg.archive``'s.
 """
 
 from __future__ import annotations
@@ -27,32 +28,20 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from surgseg import report, tables
-from surgseg.archive import (
-    InferSummary,
-    Job,
-    JobResult,
-    clear_leftovers,
-    input_stat,
-    plan_jobs,
-    record_failure,
-)
+from surgseg import tables
+from surgseg.archive import Job, JobResult, clear_leftovers, input_stat, record_failure
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader
 from surgseg.errors import ConfigError, SurgsegError, VideoError
 from surgseg.options import CueOptions, OutputOptions, Workers
-from surgseg.predictor import Predictor, PredictorSpec
-from surgseg.progress import LineProgress, progress_bar
+from surgseg.predictor import Predictor
+from surgseg.progress import progress_bar
 from surgseg.stages import open_outputs, segmentation_pipeline
 
-if TYPE_CHECKING:
-    from surgseg.cluster import RayWorkers
-    from surgseg.tables import VideoEntry
 
 def software_versions() -> dict[str, str]:
     """Versions of the software that produced a result."""
@@ -224,80 +213,3 @@ class VideoJobs:
             return record_failure(job, str(exc), run_hash=self.run_hash)
         tables.write_cue_partition(job.out_dir, name=job.name, output_dir=self.output_dir)
         return JobResult(job, "done", frames=run["frames"]["processed"])
-
-
-def update_archive(output_dir: Path) -> list[VideoEntry]:
-    """Bring the folder's cue table, video table and report up to date with its video folders
-    (also those of earlier runs); return the videos found."""
-    entries = tables.find_videos(output_dir)
-    done = {e.name: e for e in entries if e.status == "done"}
-    for name, path in tables.cue_partitions(output_dir).items():
-        outdated = name in done and path.stat().st_mtime_ns < _mtime(done[name].folder)
-        if name not in done or outdated:
-            tables.drop_cue_partition(output_dir, name)
-    present = tables.cue_partitions(output_dir)
-    for name, entry in done.items():
-        if name not in present:
-            tables.write_cue_partition(entry.folder, name=name, output_dir=output_dir)
-    tables.write_videos_table(output_dir, entries)
-    report.write_report(output_dir, entries)
-    return entries
-
-
-def _mtime(folder: Path) -> int:
-    return (folder / "run.json").stat().st_mtime_ns
-
-
-def process_inputs(
-    inputs: str | Path,
-    *,
-    predictor: PredictorSpec,
-    output_dir: Path,
-    outputs: OutputOptions,
-    cues: CueOptions,
-    batch_size: int = 4,
-    workers: Workers | None = None,
-    progress: bool = True,
-    record: dict[str, Any] | None = None,
-    run_hash: str | None = None,
-    resume: bool = True,
-    cluster: RayWorkers | None = None,
-) -> InferSummary:
-    """Process every video named by ``inputs`` into ``output_dir``, here one after another or
-    on the workers of a Ray cluster (``cluster``); skip those an earlier run ended with the
-    same ``run_hash`` (unless ``resume`` is False); a failing video does not stop the others.
-    Then update the folder's tables and report."""
-    started = time.perf_counter()
-    output_dir = Path(output_dir)
-    todo, earlier = plan_jobs(inputs, output_dir, run_hash=run_hash or "", resume=resume)
-    summary = InferSummary()
-    for job, rec in earlier:
-        if rec.get("status") == "done":
-            summary.skipped.append(job.out_dir)
-        else:
-            summary.failed.append((job.video, f"{rec.get('reason')} (an earlier run; resume=false "
-                                              "retries it)"))  # fmt: skip
-
-    def finished(result: JobResult) -> None:
-        summary.add(result)
-        if progress:
-            what = f"done: {result.job.video} -> {result.job.out_dir}"
-            LineProgress.write(what if result.status == "done" else f"failed: {result.reason}")
-
-    options = dict(output_dir=output_dir, outputs=outputs, cues=cues, batch_size=batch_size,
-                   workers=workers, record=record, run_hash=run_hash)  # fmt: skip
-    if todo and cluster is not None:
-        cluster.process(todo, predictor=predictor, jobs_options=options, progress=progress,
-                        on_result=finished)  # fmt: skip
-    elif todo:
-        run_jobs(todo, VideoJobs(predictor.build(), progress=progress, **options), finished)
-    update_archive(output_dir)
-    summary.wall_s = time.perf_counter() - started
-    return summary
-
-
-def run_jobs(jobs: list[Job], runner: VideoJobs,
-             on_result: Callable[[JobResult], None]) -> None:  # fmt: skip
-    """Run ``jobs`` one after another in this process."""
-    for job in jobs:
-        on_result(runner(job))

@@ -1,6 +1,7 @@
 """The options of the segmentation stages, defined once: the apps' config groups ``cues``,
 ``outputs`` and ``workers`` are these dataclasses (registered with Hydra in
-``surgseg.apps``), and the stages take them as plain typed arguments.
+``surgseg.apps``), and the stages take them as plain typed arguments. ``PredictorSpec``
+names the engine stage's model, for a process that builds its own.
 
 This module imports nothing heavy, so that every command's start-up stays quick.
 """
@@ -9,8 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from surgseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from surgseg.checkpoint import CheckpointMeta
+    from surgseg.predictor import Predictor
 
 MASK_FORMATS = ("png", "ffv1")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
@@ -106,6 +113,33 @@ class Workers:
     def __post_init__(self) -> None:
         self.locate = resolve_workers(self.locate, key="workers.locate")
         self.render = resolve_workers(self.render, key="workers.render")
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """What ``Predictor.from_checkpoint`` needs, as plain picklable data: a process that
+    builds its own predictor (a cluster worker) gets this instead of the model, and the
+    process that makes it need not import torch."""
+
+    checkpoint: Path
+    engine: str = "torch"
+    device: str = "cpu"
+    task: str | None = None
+    input_size: tuple[int, int] | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Predictor:
+        """The predictor, loaded from the checkpoint."""
+        from surgseg.predictor import Predictor
+
+        return Predictor.from_checkpoint(self.checkpoint, engine=self.engine, device=self.device,
+                                         task=self.task, input_size=self.input_size,
+                                         **self.engine_options)  # fmt: skip
+
+    def model_settings(self, meta: CheckpointMeta) -> dict[str, Any]:
+        """What the outputs depend on of the model itself, given its checkpoint's ``meta``:
+        the task and the input size it runs at."""
+        return {"task": meta.task, "input_size": list(self.input_size or meta.input_size)}
 
 
 CLUSTERS = ("local", "ray")

@@ -22,7 +22,7 @@ core for callers with tensors already on the device.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,25 +100,6 @@ def check_frames(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
                 f"{frames[0].shape[1]}×{frames[0].shape[0]}: one batch holds one frame size"
             )
     return frames
-
-
-@dataclass(frozen=True)
-class PredictorSpec:
-    """What ``Predictor.from_checkpoint`` needs, as plain picklable data: a process that
-    builds its own predictor (a cluster worker) gets this instead of the model."""
-
-    checkpoint: Path
-    engine: str = "torch"
-    device: str = "cpu"
-    task: str | None = None
-    input_size: tuple[int, int] | None = None
-    engine_options: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> Predictor:
-        """The predictor, loaded from the checkpoint."""
-        return Predictor.from_checkpoint(self.checkpoint, engine=self.engine, device=self.device,
-                                         task=self.task, input_size=self.input_size,
-                                         **self.engine_options)  # fmt: skip
 
 
 class Predictor:

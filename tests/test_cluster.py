@@ -128,10 +128,11 @@ def test_a_worker_that_keeps_dying_fails_its_video_once(local_cluster, make_chec
     assert "an earlier run" in again.failed[0][1]
 
 
-def test_workers_start_before_the_checkpoint_is_loaded(local_cluster, make_checkpoint,
-                                                       tmp_path, monkeypatch):  # fmt: skip
-    """The workers' start (their imports) overlaps the driver's checkpoint check and planning;
-    a run with nothing left to do starts none."""
+def test_the_workers_read_the_checkpoint_not_the_driver(local_cluster, make_checkpoint,
+                                                        tmp_path, monkeypatch):  # fmt: skip
+    """The workers start first and load the model; the driver takes what it needs of it from
+    them and never loads the checkpoint itself, unless no worker is started (a run with
+    nothing left to do starts none)."""
     from surgseg import checkpoint, cluster
 
     write_video(tmp_path / "in" / "a", fmt="h264-mp4", frames=3)
@@ -151,17 +152,40 @@ def test_workers_start_before_the_checkpoint_is_loaded(local_cluster, make_check
     cfg = _cfg(input=tmp_path / "in", checkpoint=make_checkpoint(), output_dir=tmp_path / "out",
                **{"ray.workers": 2})  # fmt: skip
     assert run(cfg).frames == 3
-    # one video: one worker, started before the checkpoint was read
-    assert events[:2] == [("start", 1), ("load_checkpoint",)]
+    assert events[0] == ("start", 1)  # one video: one worker
+    assert ("load_checkpoint",) not in events
+    local = tmp_path / "local"
+    run(_cfg(input=tmp_path / "in", checkpoint=cfg.checkpoint, output_dir=local, cluster="local"))
+    hashes = [json.loads((out / "a.mp4/run.json").read_text())["run_hash"]
+              for out in (tmp_path / "out", local)]  # fmt: skip
+    assert hashes[0] == hashes[1]  # the same settings, read by a worker or here
     events.clear()
     assert run(cfg).skipped == [tmp_path / "out" / "a.mp4"]
     assert events == [("start", 0), ("load_checkpoint",)]
 
 
-def test_the_driver_plans_without_torch():
-    """What the driver needs before the workers start imports neither torch nor the
-    pipeline (else the workers' start would wait for the driver's imports)."""
-    code = ("import sys, surgseg.apps.infer, surgseg.archive, surgseg.cluster; "
+def test_a_bad_checkpoint_is_one_line_from_the_workers(local_cluster, make_checkpoint,
+                                                       tmp_path):  # fmt: skip
+    from surgseg.errors import CheckpointError
+
+    write_video(tmp_path / "in" / "a", fmt="h264-mp4", frames=3)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    parts = make_checkpoint("parts")
+    for ckpt, task, message in ((broken, "null", "not a readable checkpoint"),
+                                (parts, "binary", "trained for task 'parts'")):  # fmt: skip
+        with pytest.raises(CheckpointError, match=message) as caught:
+            run(_cfg(input=tmp_path / "in", checkpoint=ckpt, output_dir=tmp_path / "out",
+                     task=task))  # fmt: skip
+        assert str(ckpt) in str(caught.value)
+    assert not (tmp_path / "out").exists()  # nothing claimed for a run that cannot start
+
+
+def test_the_driver_runs_without_torch():
+    """Every module the driver of a cluster run uses imports neither torch nor the pipeline
+    (else the workers' start would wait for the driver's imports, on the same cores)."""
+    code = ("import sys, surgseg.apps.infer, surgseg.archive, surgseg.cluster, surgseg.options, "
+            "surgseg.tables, surgseg.report; "
             "print(sorted(m for m in ('torch', 'surgseg.infer') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)  # fmt: skip

@@ -28,7 +28,8 @@ from surgseg.options import CLUSTERS, CueOptions, OutputOptions, RayOptions, Wor
 if TYPE_CHECKING:
     from surgseg.archive import InferSummary
     from surgseg.cluster import RayWorkers
-    from surgseg.predictor import Predictor, PredictorSpec
+    from surgseg.options import PredictorSpec
+    from surgseg.predictor import Predictor
 
 
 NOT_IN_HASH = ("cache_dir", "threads", "workspace_gb")  # engine keys that leave outputs alone
@@ -38,7 +39,7 @@ def predictor_spec(cfg: DictConfig, *, task: str | None, check: bool = True) -> 
     """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``; with a
     ``task``, the checkpoint must have been trained for it. ``check``: the device must be on
     this machine (a cluster's workers have their own)."""
-    from surgseg.predictor import PredictorSpec
+    from surgseg.options import PredictorSpec
 
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
     return PredictorSpec(Path(cfg.checkpoint), engine=engine.pop("name"),
@@ -76,16 +77,18 @@ def run(cfg: DictConfig) -> InferSummary:
 
 
 def _process(cfg: DictConfig, *, cluster: RayWorkers | None, **options: Any) -> InferSummary:
-    from surgseg.archive import run_hash
-    from surgseg.checkpoint import load_checkpoint
-    from surgseg.infer import process_inputs
+    from surgseg.archive import process_inputs, run_hash
 
     spec = predictor_spec(cfg, task=cfg.task, check=cluster is None)
-    _, meta = load_checkpoint(spec.checkpoint, task=spec.task)  # a bad checkpoint: one line now
+    # A bad checkpoint: one line now. The cluster's workers read it, else this process does.
+    model = cluster.model_settings(spec) if cluster is not None else None
+    if model is None:
+        from surgseg.checkpoint import load_checkpoint
+
+        model = spec.model_settings(load_checkpoint(spec.checkpoint, task=spec.task)[1])
     output_dir = claim_output_dir(cfg.output_dir)
     engine = {k: v for k, v in spec.engine_options.items() if k not in NOT_IN_HASH}
-    settings = {"task": meta.task, "input_size": list(spec.input_size or meta.input_size),
-                "engine": {"name": spec.engine, **engine},
+    settings = {**model, "engine": {"name": spec.engine, **engine},
                 "cues": asdict(options["cues"]), "outputs": asdict(options["outputs"])}  # fmt: skip
     record = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
