@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from surgseg import tables
+from surgseg import report, tables
 from surgseg.archive import Job, JobResult, clear_leftovers, input_stat, record_failure
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader
@@ -176,8 +176,8 @@ def process_video(
 
 class VideoJobs:
     """Processes videos one at a time with one predictor: clears what a killed process left
-    in the video's folder, runs ``process_video``, adds the video's part of the cue table, and
-    records a video that cannot be read in ``failed.json``."""
+    in the video's folder, runs ``process_video``, adds the video's part of the cue table and
+    its images for the report, and records a video that cannot be read in ``failed.json``."""
 
     def __init__(
         self,
@@ -212,4 +212,6 @@ class VideoJobs:
         except SurgsegError as exc:
             return record_failure(job, str(exc), run_hash=self.run_hash)
         tables.write_cue_partition(job.out_dir, name=job.name, output_dir=self.output_dir)
+        if (entry := tables.read_entry(job.out_dir, job.name)) is not None:
+            report.make_assets(self.output_dir, entry)
         return JobResult(job, "done", frames=run["frames"]["processed"])

@@ -3,8 +3,9 @@ frames, duration, processing speed, a thumbnail, links to the outputs, a timelin
 instruments in view), its images in ``index_files/``. No server, no external URL: it opens
 from ``file://``.
 
-The images of a video are made again only when its run.json or failed.json changed, so
-rebuilding the report of a large archive at the end of every run is cheap.
+A video's images are made as its run ends, by the process that ran it (``make_assets``: on a
+cluster, the workers draw in parallel), and made again only when its run.json or failed.json
+changed, so rebuilding the report of a large archive at the end of every run is cheap.
 """
 
 from __future__ import annotations
@@ -421,6 +422,15 @@ def _totals(entries: Sequence[VideoEntry]) -> str:
         ("length", *length),
     ]
     return "".join(f'<li class="{c}"><b>{v}</b><span>{t}</span></li>' for c, v, t in items)
+
+
+def make_assets(output_dir: Path, entry: VideoEntry) -> None:
+    """Make the report's images of one video (its thumbnail and timeline) now, where its run
+    ended: on a cluster each worker draws its own videos' images, and ``write_report`` at the
+    end of the run finds them made."""
+    assets = Path(output_dir) / REPORT_DIR
+    assets.mkdir(parents=True, exist_ok=True)
+    _assets(entry, Path(output_dir), assets)
 
 
 def write_report(output_dir: Path, entries: list[VideoEntry]) -> Path:

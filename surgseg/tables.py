@@ -295,7 +295,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _entry(folder: Path, name: str) -> VideoEntry | None:
+def read_entry(folder: Path, name: str) -> VideoEntry | None:
     """The outcome recorded in ``folder``: run.json with status done (or none, as written
     before statuses), else failed.json; None for an unfinished or unreadable one."""
     run = _read_json(folder / "run.json")
@@ -326,7 +326,7 @@ def find_videos(output_dir: Path) -> list[VideoEntry]:
             continue
         files = {c.name for c in children if c.is_file(follow_symlinks=False)}
         is_video = bool(name) and bool(files & _OUTPUT_FILES)
-        if is_video and (entry := _entry(folder, name)) is not None:
+        if is_video and (entry := read_entry(folder, name)) is not None:
             entries.append(entry)
         for child in children:
             if not child.is_dir(follow_symlinks=False):

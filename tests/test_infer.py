@@ -87,6 +87,27 @@ def test_outputs_of_one_video(clip, make_checkpoint, tmp_path):
     assert info["software"]["torch"] and info["video"]["codec"] == "h264"
 
 
+def test_a_videos_report_images_are_made_as_it_ends(clip, make_checkpoint, tmp_path):
+    """The process that ran a video draws its report images (on a cluster, the workers, in
+    parallel); the report at the end of the run finds them made."""
+    from surgseg.archive import Job
+    from surgseg.infer import VideoJobs
+    from surgseg.options import CueOptions, PredictorSpec
+    from surgseg.report import write_report
+    from surgseg.tables import find_videos
+
+    out = tmp_path / "out"
+    runner = VideoJobs(PredictorSpec(make_checkpoint("parts")).build(), output_dir=out,
+                       outputs=OutputOptions(), cues=CueOptions())  # fmt: skip
+    assert runner(Job(clip, "video.mp4", out / "video.mp4")).status == "done"
+    assets = out / "index_files"
+    made = json.loads((assets / next(p.name for p in assets.glob("*.json"))).read_text())
+    assert (assets / made["thumbnail"]["file"]).is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in assets.iterdir()}
+    write_report(out, find_videos(out))
+    assert {p.name: p.stat().st_mtime_ns for p in assets.iterdir()} == stamps
+
+
 def test_ffv1_masks_keep_frame_times(clip, make_checkpoint, tmp_path):
     cfg = _cfg(
         input=clip,
