@@ -2,9 +2,11 @@
 
     PYTHONPATH=. python scripts/bench_archive.py --out /tmp/surgseg-archive
 
-Every figure is the wall time of a whole ``surgseg-infer`` command, as a user runs it, with a
-ResNet-18 FCN at output stride 8 and the demo's input size (256×320; random weights: the speed
-does not depend on them) on synthetic clips of the demo's size (640×512, 25 fps):
+Every figure is the wall time of a whole ``surgseg-infer`` command, as a user runs it, on
+synthetic clips of the demo's size (640×512, 25 fps), with ``--checkpoint`` (the demo's
+trained model: ``demo_out/model.pt``) or, without it, the demo's architecture with random
+weights (a ResNet-18 FCN at output stride 8, input 256×320: the model's speed does not depend
+on its weights, but the cue stage's does, through the masks):
 
 1. Throughput: ``cluster=ray ray.address=auto ray.workers=W`` (W = 1, 2; one CPU and one
    torch thread per worker) over ``--clips`` clips of ``--frames`` frames, against a cluster
@@ -79,6 +81,11 @@ def ray_cli(*args: str, env: dict[str, str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a trained model (default: the demo's architecture, random weights)",
+    )
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
@@ -87,7 +94,7 @@ def main() -> None:
     load_before = os.getloadavg()
     env = {**os.environ, "RAY_TMPDIR": str(args.out / "ray"), "OMP_NUM_THREADS": "1"}
     (args.out / "ray").mkdir(exist_ok=True)
-    ckpt = checkpoint(args.out / "model.pt")
+    ckpt = args.checkpoint or checkpoint(args.out / "model.pt")
     archive = clips(args.out / "archive", count=args.clips, frames=args.frames)
     one = archive / "case00" / "video.mp4"
     common = [f"checkpoint={ckpt}", "ray.cpus_per_worker=1"]
@@ -130,7 +137,8 @@ def main() -> None:
     result = {
         "machine": {"cpus": os.cpu_count(), "load_before": load_before,
                     "load_after": os.getloadavg()},
-        "clips": args.clips, "frames_per_clip": args.frames, "repeats": args.repeats,
+        "checkpoint": str(ckpt), "clips": args.clips, "frames_per_clip": args.frames,
+        "repeats": args.repeats,
         "walls_s": walls, "median_s": med,
         "frames_per_s": {w: total_frames / med[f"archive_{w}_workers"] for w in (1, 2)},
         "two_workers_vs_one": med["archive_1_workers"] / med["archive_2_workers"],
