@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from surgseg.cluster import RayWorkers
     from surgseg.tables import VideoEntry
 
+Inputs = Sequence[tuple[Path, str]]  # (video, output folder name) pairs: ``find_inputs``
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".ts", ".wmv")
 
 
@@ -40,7 +42,7 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
+def find_inputs(spec: str | Path) -> Inputs:
     """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)
     into (video, output folder name) pairs, sorted by path.
 
@@ -48,6 +50,8 @@ def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
     glob's fixed leading folders, or the file's own folder), file name and extension
     included: it never leaves the output folder, two inputs never share it (``a.mp4`` and
     ``a.avi`` are ``a.mp4/`` and ``a.avi/``), and it does not depend on the other inputs.
+    Raises ``VideoError`` when ``spec`` names nothing: a missing path, a folder without
+    videos, a pattern that matches no file.
     """
     path = Path(spec)
     if path.is_dir():
@@ -61,8 +65,10 @@ def find_inputs(spec: str | Path) -> list[tuple[Path, str]]:
         found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         if not found:
             raise VideoError("no file matches this pattern", spec)
-    else:  # a single file; a missing one fails when it is opened, with its name
+    elif path.exists():  # a single file, whatever its name: opening it tells what it holds
         return [(path, path.name)]
+    else:
+        raise VideoError("no such file or folder", path)
     return [(video, video.relative_to(root).as_posix()) for video in found]
 
 
@@ -164,12 +170,12 @@ def earlier_outcome(job: Job, run_hash: str) -> dict[str, Any] | None:
 
 
 def plan_jobs(
-    inputs: str | Path, output_dir: Path, *, run_hash: str, resume: bool = True
+    inputs: Inputs, output_dir: Path, *, run_hash: str, resume: bool = True
 ) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
     """(videos to process, videos an earlier run ended with their record). ``resume`` False:
     every video is processed again."""
     todo, earlier = [], []
-    for video, name in find_inputs(inputs):
+    for video, name in inputs:
         job = Job(video, name, Path(output_dir) / name)
         record = earlier_outcome(job, run_hash) if resume else None
         if record is None:
@@ -179,12 +185,12 @@ def plan_jobs(
     return todo, earlier
 
 
-def unrecorded(inputs: str | Path, output_dir: Path) -> int:
-    """How many of the videos named by ``inputs`` have no record of an earlier run at all:
-    those a run processes whatever its checkpoint and settings."""
+def unrecorded(inputs: Inputs, output_dir: Path) -> int:
+    """How many of ``inputs`` have no record of an earlier run at all: those a run processes
+    whatever its checkpoint and settings."""
     return sum(not (Path(output_dir) / name / "run.json").exists()
                and not (Path(output_dir) / name / "failed.json").exists()
-               for _, name in find_inputs(inputs))  # fmt: skip
+               for _, name in inputs)  # fmt: skip
 
 
 def clear_leftovers(folder: Path) -> None:
@@ -205,7 +211,7 @@ def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
 
 
 def process_inputs(
-    inputs: str | Path,
+    inputs: Inputs,
     *,
     predictor: PredictorSpec,
     output_dir: Path,
@@ -219,10 +225,10 @@ def process_inputs(
     resume: bool = True,
     cluster: RayWorkers | None = None,
 ) -> InferSummary:
-    """Process every video named by ``inputs`` into ``output_dir``, here one after another or
-    on the workers of a Ray cluster (``cluster``); skip those an earlier run ended with the
-    same ``run_hash`` (unless ``resume`` is False); a failing video does not stop the others.
-    Then update the folder's tables and report."""
+    """Process every video of ``inputs`` (``find_inputs``) into ``output_dir``, here one after
+    another or on the workers of a Ray cluster (``cluster``); skip those an earlier run ended
+    with the same ``run_hash`` (unless ``resume`` is False); a failing video does not stop the
+    others. Then update the folder's tables and report."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     todo, earlier = plan_jobs(inputs, output_dir, run_hash=run_hash or "", resume=resume)

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from surgseg.apps import CONF_DIR
 from surgseg.apps.infer import run
-from surgseg.archive import unrecorded
+from surgseg.archive import find_inputs, unrecorded
 from surgseg.synthetic import write_clip
 
 
@@ -62,9 +62,10 @@ def test_a_second_run_skips_what_the_first_finished_or_failed_on(archive, make_c
     assert [v for v, _ in again.failed] == [archive / "day2/broken.mp4"]
     assert "an earlier run" in again.failed[0][1]
     assert _mtimes(out) == before  # nothing was touched
-    assert unrecorded(archive, out) == 0  # every video has a record: a cluster stays unstarted
+    # every video has a record: a cluster stays unstarted
+    assert unrecorded(find_inputs(archive), out) == 0
     shutil.rmtree(out / "b.avi")
-    assert unrecorded(archive, out) == 1
+    assert unrecorded(find_inputs(archive), out) == 1
     run(_cfg(input=archive, checkpoint=ckpt, output_dir=out))
 
     # Other settings, another checkpoint, or resume=false: every video again.

@@ -218,7 +218,8 @@ def test_cli_user_errors_are_one_line(problem, make_checkpoint, clip, tmp_path):
     named = ckpt if problem == "not_our_checkpoint" else video
     assert any(str(named) in line for line in lines), proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list((tmp_path / "out").rglob("run.json"))
+    assert len(lines) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written for a mistyped path
 
 
 def test_same_stems_get_their_own_folders_inside_output_dir(clip, make_checkpoint, tmp_path):

@@ -22,11 +22,18 @@ from surgseg.apps import (
     dataclass_from,
     launch,
 )
+from surgseg.archive import (
+    InferSummary,
+    Inputs,
+    find_inputs,
+    process_inputs,
+    run_hash,
+    unrecorded,
+)
 from surgseg.errors import ConfigError
 from surgseg.options import CLUSTERS, CueOptions, OutputOptions, RayOptions, Workers
 
 if TYPE_CHECKING:
-    from surgseg.archive import InferSummary
     from surgseg.cluster import RayWorkers
     from surgseg.options import PredictorSpec
     from surgseg.predictor import Predictor
@@ -61,24 +68,25 @@ def run(cfg: DictConfig) -> InferSummary:
     progress, resume = check_bool(cfg, "progress"), check_bool(cfg, "resume")
     if cfg.cluster not in CLUSTERS:
         raise ConfigError(f"cluster must be one of {CLUSTERS}, got {cfg.cluster!r}")
+    inputs = find_inputs(cfg.input)  # a mistyped path: one line, nothing written
     with ExitStack() as stack:
         cluster = None
         if cfg.cluster == "ray":
-            from surgseg.archive import unrecorded
             from surgseg.cluster import RayWorkers
 
             options = dataclass_from(RayOptions, cfg.ray, "ray")
             cluster = stack.enter_context(RayWorkers(options, device=str(cfg.device)))
             # Workers for the videos without any record start now: their imports overlap
             # this process's own (torch), its checkpoint check and its planning.
-            cluster.start(unrecorded(cfg.input, Path(cfg.output_dir)))
-        return _process(cfg, outputs=outputs, cues=cues, workers=workers, batch_size=batch_size,
-                        progress=progress, resume=resume, cluster=cluster)  # fmt: skip
+            cluster.start(unrecorded(inputs, Path(cfg.output_dir)))
+        return _process(cfg, inputs, outputs=outputs, cues=cues, workers=workers,
+                        batch_size=batch_size, progress=progress, resume=resume,
+                        cluster=cluster)  # fmt: skip
 
 
-def _process(cfg: DictConfig, *, cluster: RayWorkers | None, **options: Any) -> InferSummary:
-    from surgseg.archive import process_inputs, run_hash
-
+def _process(
+    cfg: DictConfig, inputs: Inputs, *, cluster: RayWorkers | None, **options: Any
+) -> InferSummary:
     spec = predictor_spec(cfg, task=cfg.task, check=cluster is None)
     # A bad checkpoint: one line now. The cluster's workers read it, else this process does.
     model = cluster.model_settings(spec) if cluster is not None else None
@@ -94,7 +102,7 @@ def _process(cfg: DictConfig, *, cluster: RayWorkers | None, **options: Any) -> 
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    return process_inputs(cfg.input, predictor=spec, output_dir=output_dir, record=record,
+    return process_inputs(inputs, predictor=spec, output_dir=output_dir, record=record,
                           run_hash=run_hash(spec.checkpoint, settings), cluster=cluster,
                           **options)  # fmt: skip
 
