@@ -251,6 +251,10 @@ def test_generic_class_map(tmp_path: Path):
         class_map={0: 0, 100: 1, 200: 1},
     )
     assert {val.video_of(i) for i in range(len(val))} == {"vid_b"}
+    # validation videos named and no split: the validation videos, never the training ones
+    held_out = build_dataset("generic", root=root, task="binary", val_videos=["vid_a"],
+                             class_map={0: 0, 100: 1, 200: 1})  # fmt: skip
+    assert {held_out.video_of(i) for i in range(len(held_out))} == {"vid_a"}
     preflight(ds)
 
 

@@ -178,7 +178,8 @@ def main(cfg: DictConfig) -> None:
     print(
         f"surgseg-bench: end to end {result['end_to_end']['fps']} fps; bound {bound['fps']} fps "
         f"({bound['limited_by']}; ratio {result['end_to_end_vs_bound']}); "
-        f"{cfg.run_dir}/bench.json, {cfg.output_dir}/bench.md"
+        f"{Path(cfg.run_dir).resolve() / 'bench.json'}, "
+        f"{Path(cfg.output_dir).resolve() / 'bench.md'}"
     )
 
 

@@ -258,8 +258,9 @@ def build_dataset(
     Args:
         videos: videos to use, by folder name or number (``3`` → ``instrument_dataset_3`` for
             EndoVis 2017, ``Dataset3`` for 2015); default all found.
-        split: None (all of ``videos``), ``val`` (``val_videos``) or ``train`` (``videos``
-            without ``val_videos``); for EndoVis 2017 also ``test``: the released test set
+        split: ``val`` (``val_videos``), ``train`` (``videos`` without ``val_videos``) or
+            None: ``val`` when validation videos are named (``val_videos`` or ``fold``), else
+            all of ``videos``; for EndoVis 2017 also ``test``: the released test set
             (``EndoVis2017Test``) at ``root``, ``videos`` of 1..10 (default all found).
         val_videos: the validation videos, for ``split``.
         fold: EndoVis 2017 only: ``val_videos = ENDOVIS2017_FOLDS[fold]`` among videos 1..8,
@@ -295,7 +296,8 @@ def build_dataset(
             raise DatasetError("give either fold or val_videos, not both", root)
         val_videos = ENDOVIS2017_FOLDS[fold]
         videos = range(1, 9) if videos is None else videos
-        split = split or "val"
+    if val_videos is not None:
+        split = split or "val"  # never the training videos by default
     names = video_names(videos, cls.video_prefix)
     if split is not None:
         if split not in ("train", "val"):
