@@ -68,26 +68,32 @@ def run(cfg: DictConfig) -> InferSummary:
     progress, resume = check_bool(cfg, "progress"), check_bool(cfg, "resume")
     if cfg.cluster not in CLUSTERS:
         raise ConfigError(f"cluster must be one of {CLUSTERS}, got {cfg.cluster!r}")
+    on_ray = cfg.cluster == "ray"
+    ray_options = dataclass_from(RayOptions, cfg.ray, "ray") if on_ray else None
+    spec = predictor_spec(cfg, task=cfg.task, check=not on_ray)
     inputs = find_inputs(cfg.input)  # a mistyped path: one line, nothing written
     with ExitStack() as stack:
         cluster = None
-        if cfg.cluster == "ray":
+        if ray_options is not None:
             from surgseg.cluster import RayWorkers
 
-            options = dataclass_from(RayOptions, cfg.ray, "ray")
-            cluster = stack.enter_context(RayWorkers(options, device=str(cfg.device)))
+            cluster = stack.enter_context(RayWorkers(ray_options, device=str(cfg.device)))
             # Workers for the videos without any record start now: their imports overlap
             # this process's own (torch), its checkpoint check and its planning.
             cluster.start(unrecorded(inputs, Path(cfg.output_dir)))
-        return _process(cfg, inputs, outputs=outputs, cues=cues, workers=workers,
+        return _process(cfg, spec, inputs, outputs=outputs, cues=cues, workers=workers,
                         batch_size=batch_size, progress=progress, resume=resume,
                         cluster=cluster)  # fmt: skip
 
 
 def _process(
-    cfg: DictConfig, inputs: Inputs, *, cluster: RayWorkers | None, **options: Any
+    cfg: DictConfig,
+    spec: PredictorSpec,
+    inputs: Inputs,
+    *,
+    cluster: RayWorkers | None,
+    **options: Any,
 ) -> InferSummary:
-    spec = predictor_spec(cfg, task=cfg.task, check=cluster is None)
     # A bad checkpoint: one line now. The cluster's workers read it, else this process does.
     model = cluster.model_settings(spec) if cluster is not None else None
     if model is None:
