@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from surgseg.apps import CONF_DIR
 from surgseg.apps.demo import run
 from surgseg.checkpoint import read_checkpoint
+from surgseg.errors import ConfigError
 
 
 def test_tiny_demo_writes_everything(tmp_path):
@@ -57,6 +59,19 @@ def test_tiny_demo_writes_everything(tmp_path):
     assert "| written by the run |" in report and "`tip_in_view` false" in report
     assert "smoothed" not in written  # cues.smooth is off by default
 
+    # The same command again, with a longer held-out clip and one training clip fewer: the
+    # clips made otherwise are made again, only the clips named are trained on, and the
+    # training starts afresh (it said "already holds a training run" before).
+    first_model = (tmp_path / "model.pt").stat().st_mtime_ns
+    again = [o for o in overrides if not o.startswith(("heldout_frames=", "train_clips="))]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        run(compose("demo", overrides=[*again, "heldout_frames=6", "train_clips=1"]))
+    assert json.loads((tmp_path / "heldout" / "run.json").read_text())["frames"]["processed"] == 6
+    assert (tmp_path / "model.pt").stat().st_mtime_ns != first_model
+    trained = read_checkpoint(tmp_path / "train" / "last.pt")["meta"]["provenance"]["config"]
+    assert trained["data"]["videos"] == ["train_00", "val_00"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
 
 def test_training_clips_cross_when_asked(tmp_path):
     """``train_crossings``: the training clips' first two instruments cross; the validation
@@ -72,3 +87,23 @@ def test_training_clips_cross_when_asked(tmp_path):
     meta["heldout"] = json.loads((heldout / "clip.json").read_text())
     assert {name: m["crossings"] for name, m in meta.items()} == {
         "train_00": 1.0, "train_01": 1.0, "val_00": 0.0, "heldout": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("task=foo", "task must be one of"), ("heldout_frames=0", "heldout_frames"),
+     ("train_crossings=2", "train_crossings"), ("input_size=5", "input_size"),
+     ("crop_size=x", "crop_size"), ("val_clips=0", "val_clips")],
+)  # fmt: skip
+def test_bad_settings_are_refused_before_any_data_is_made(override, needle, tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("demo", overrides=[f"output_dir={tmp_path / 'out'}", override])
+        with pytest.raises(ConfigError, match=needle):
+            run(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_model_is_a_config_group_of_the_demo():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("demo", overrides=["model=resnet34", "model.output_stride=16"])
+    assert (cfg.model.depth, cfg.model.output_stride) == (34, 16)
