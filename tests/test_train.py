@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from surgseg.checkpoint import load_checkpoint, read_checkpoint
-from surgseg.errors import CheckpointError, ConfigError
+from surgseg.errors import CheckpointError, ConfigError, DatasetError
 from surgseg.predictor import Predictor
 from surgseg.tasks import palette
 from surgseg.train import evaluate, tensorboard_available, train
@@ -429,6 +429,14 @@ def test_bad_training_values_name_the_key_before_any_work(tmp_path, override, me
     with pytest.raises(ConfigError) as error:
         run(cfg)
     assert str(error.value).startswith(message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_data_folder_is_named_before_the_output_folder_is_made(tmp_path):
+    from surgseg.apps.train import run
+
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        run(_compose([f"data.root={tmp_path / 'missing'}", f"output_dir={tmp_path / 'run'}"]))
     assert not (tmp_path / "run").exists()
 
 

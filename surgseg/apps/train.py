@@ -34,7 +34,7 @@ from surgseg.apps import (
 )
 from surgseg.augment import TransformedSet, build_transform, instantiate_ops
 from surgseg.checkpoint import CheckpointMeta, read_checkpoint
-from surgseg.datasets import SegmentationSet, build_dataset, preflight
+from surgseg.datasets import SegmentationSet, build_dataset, dataset_root, preflight
 from surgseg.distributed import close_distributed, init_distributed
 from surgseg.errors import CheckpointError, ConfigError
 from surgseg.model import IMAGENET_WEIGHTS, imagenet_state_dict, imagenet_weights
@@ -239,6 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_device(cfg)
     if OmegaConf.is_missing(cfg, "output_dir") or not (Path(cfg.output_dir) / "last.pt").exists():
         check_missing(cfg)  # no run to take them from: every required setting, in one line
+        dataset_root(cfg.data.root)  # a mistyped data.root: one line, no folder made
     # Only now, with the command line found good, is the output folder made.
     out_dir = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes

@@ -242,6 +242,14 @@ def _classes() -> dict[str, type[SegmentationSet]]:
     }
 
 
+def dataset_root(root: str | Path) -> Path:
+    """``root`` (``~`` expanded) if it is a folder; else DatasetError naming it."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError("dataset folder not found", root)
+    return root
+
+
 def build_dataset(
     kind: str,
     *,
@@ -274,9 +282,7 @@ def build_dataset(
         raise DatasetError(f"unknown dataset kind {kind!r}; choose one of {list(KINDS)}", root)
     if task not in TASKS:
         raise DatasetError(f"unknown task {task!r}; choose one of {sorted(TASKS)}", root)
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError("dataset folder not found", root)
+    root = dataset_root(root)
     cls = classes[kind]
     if fold is not None:
         if kind != "endovis2017":
