@@ -137,7 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"progress={cfg.progress}",
             f"epochs={cfg.epochs}",
             f"batch_size={cfg.batch_size}",
-            f"max_steps={'null' if cfg.max_steps is None else cfg.max_steps}",
+            f"max_steps={_override(cfg.max_steps)}",
         ],
     )
     train_cfg.model = cfg.model  # the demo's model settings (conf/model), whole
