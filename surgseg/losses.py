@@ -1,7 +1,9 @@
-"""Training loss: cross-entropy that skips the ignore label, an optional soft Dice term, and
-the auxiliary head's loss (torchvision's ``out + 0.5·aux``)."""
+"""Training loss: cross-entropy that skips the ignore label (optionally weighted per class), an
+optional soft Dice term, and the auxiliary head's loss (torchvision's ``out + 0.5·aux``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,8 @@ class SegmentationLoss(nn.Module):
     """Loss on a torchvision-style output dict ``{"out": logits, "aux": logits?}``.
 
     ``CE(out) + dice_weight·Dice(out) + aux_weight·(CE(aux) + dice_weight·Dice(aux))``, with
-    ``ignore_index`` pixels left out everywhere.
+    ``ignore_index`` pixels left out everywhere. ``class_weights`` (one per class) weigh each
+    pixel's cross-entropy by its true class, normalized by the weights of the pixels counted.
     """
 
     def __init__(
@@ -48,15 +51,25 @@ class SegmentationLoss(nn.Module):
         *,
         aux_weight: float = 0.5,
         dice_weight: float = 0.0,
+        class_weights: Sequence[float] | None = None,
         ignore_index: int = IGNORE_INDEX,
     ):
         super().__init__()
+        self.class_weights = (
+            None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        )
         self.aux_weight = aux_weight
         self.dice_weight = dice_weight
         self.ignore_index = ignore_index
 
     def _single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        weights = self.class_weights
+        loss = F.cross_entropy(
+            logits,
+            target,
+            weight=None if weights is None else weights.to(logits.device),
+            ignore_index=self.ignore_index,
+        )
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(
                 logits, target, ignore_index=self.ignore_index

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ def train(
     amp: str | None = None,
     aux_weight: float = 0.5,
     dice_weight: float = 0.0,
+    class_weights: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
     num_workers: int = 0,
@@ -116,6 +117,7 @@ def train(
         amp: None, ``"bf16"`` or ``"fp16"`` (CUDA only; fp16 uses a GradScaler).
         aux_weight: weight of the auxiliary head's loss (when the model has one).
         dice_weight: weight of the soft Dice term (0 = cross-entropy only).
+        class_weights: one cross-entropy weight per class (None: all 1).
         device: ``"cpu"``, ``"cuda"``…; under ``torchrun`` the per-process device.
         seed: seeds initialisation, data order and augmentation (non-negative).
         num_workers: data-loading worker processes; the results do not depend on it.
@@ -205,7 +207,9 @@ def train(
     net: nn.Module = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    criterion = SegmentationLoss(aux_weight=aux_weight, dice_weight=dice_weight)
+    criterion = SegmentationLoss(
+        aux_weight=aux_weight, dice_weight=dice_weight, class_weights=class_weights
+    )
     autocast = functools.partial(
         torch.autocast, device.type, dtype=AMP_DTYPES.get(amp), enabled=amp is not None
     )

@@ -32,6 +32,21 @@ def test_cross_entropy_ignores_255_like_a_hand_computation():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_class_weights_weigh_each_pixel_by_its_true_class_like_a_hand_computation():
+    logits, target = _logits_and_target()
+    weights = [0.5, 2.0, 4.0]
+    log_probs = logits.log_softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, 3)
+    kept = [(i, int(t)) for i, t in enumerate(target.reshape(-1)) if t != 255]
+    expected = sum(-weights[t] * log_probs[i, t].item() for i, t in kept) / sum(
+        weights[t] for _, t in kept
+    )
+    loss = SegmentationLoss(class_weights=weights)({"out": logits}, target)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() != pytest.approx(SegmentationLoss()({"out": logits}, target).item())
+    equal = SegmentationLoss(class_weights=[3.0, 3.0, 3.0])({"out": logits}, target)
+    assert equal.item() == pytest.approx(SegmentationLoss()({"out": logits}, target).item())
+
+
 def test_ignored_pixels_do_not_change_the_loss_or_get_gradient():
     logits, target = _logits_and_target()
     logits.requires_grad_(True)

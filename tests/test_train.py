@@ -286,6 +286,7 @@ def test_app_trains_from_the_composed_config(tmp_path, clips):
             "batch_size=4",
             "num_workers=0",
             "progress=false",
+            "class_weights=[1,2,4,4]",
         ]
     )
     result = run(cfg)
@@ -297,6 +298,7 @@ def test_app_trains_from_the_composed_config(tmp_path, clips):
     prov = meta.provenance
     assert prov["dataset"]["train_videos"] == ["a"] and prov["dataset"]["val_videos"] == ["b"]
     assert prov["config"]["optim"]["lr"] == 1e-4 and "hydra" not in prov["config"]
+    assert prov["config"]["class_weights"] == [1, 2, 4, 4]
     assert prov["train_images"] == 8 and prov["val_images"] == 4
     written = {"last.pt", "best.pt", "metrics.csv", "curves.png"}
     if tensorboard_available():  # on by default with the package
@@ -410,6 +412,13 @@ def test_a_new_run_into_a_used_folder_is_refused_before_the_data_is_looked_at(ap
         ("aux_weight=nan", "aux_weight must be a non-negative number, got nan"),
         ("poly_power=abc", "poly_power must be a non-negative number, got 'abc'"),
         ("amp=fp8", "amp must be null, 'bf16' or 'fp16', got 'fp8'"),
+        (
+            "class_weights=[1,2,4]",
+            "class_weights must be null or 2 positive numbers, one per class of task binary "
+            "(background, tool), got [1, 2, 4]",
+        ),
+        ("class_weights=[1,0]", "class_weights must be null or 2 positive numbers"),
+        ("class_weights=3", "class_weights must be null or 2 positive numbers"),
         ("resume=maybe", "resume must be true or false, got 'maybe'"),
         ("crop_scale=[0.5,0.2]", "crop_scale must be [low, high] with 0 < low <= high <= 1"),
         ("crop_size=[0,80]", "crop_size must be [height, width] in pixels, got [0, 80]"),

@@ -39,6 +39,7 @@ from surgseg.distributed import close_distributed, init_distributed
 from surgseg.errors import CheckpointError, ConfigError
 from surgseg.model import IMAGENET_WEIGHTS, imagenet_state_dict, imagenet_weights
 from surgseg.preprocess import check_input_size
+from surgseg.tasks import class_names
 from surgseg.train import AMP_DTYPES, tensorboard_available, train
 
 ARCH_KEYS = ("depth", "output_stride", "head", "aux_loss")
@@ -105,6 +106,19 @@ CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+def _check_class_weights(weights: Any, task: str) -> None:
+    names = class_names(task)
+    if weights is None:
+        return
+    if not (isinstance(weights, list) and len(weights) == len(names)) or not all(
+        map(_positive, weights)
+    ):
+        raise ConfigError(
+            f"class_weights must be null or {len(names)} positive numbers, one per class of "
+            f"task {task} ({', '.join(names)}), got {weights!r}"
+        )
+
+
 def check_settings(settings: dict[str, Any]) -> None:
     """Refuse a nonsense value of a training key (``settings``: the plain, resolved config)
     with one line naming the key, before any work starts."""
@@ -120,6 +134,7 @@ def check_settings(settings: dict[str, Any]) -> None:
             "(or surgseg[tensorboard]), or set tensorboard=false"
         )
     check_input_size(settings["input_size"])
+    _check_class_weights(settings["class_weights"], settings["task"])
     weights = settings["model"].get("backbone_weights")
     if isinstance(weights, str) and weights in IMAGENET_WEIGHTS:
         imagenet_weights(weights, settings["model"]["depth"])
@@ -305,6 +320,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             amp=cfg.amp,
             aux_weight=cfg.aux_weight,
             dice_weight=cfg.dice_weight,
+            class_weights=None if cfg.class_weights is None else list(cfg.class_weights),
             device=device,
             seed=cfg.seed,
             num_workers=cfg.num_workers,
