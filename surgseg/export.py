@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,7 +34,11 @@ from surgseg.errors import CheckpointError, ConfigError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIN_OPSET = 18  # the dynamo exporter's lowest
 BF16_OPSET = 22  # first opset whose Conv (and Relu, MaxPool, Resize…) take bfloat16
+# The batch of the traced example: torch.export specializes dimensions of size 0 and 1, so a
+# dynamic batch needs 2; a static (dynamic=False) export is fixed at this batch.
+EXAMPLE_BATCH = 2
 BF16_PARITY_SKIPPED = (
     "skipped: ONNX Runtime's CPU provider has no bfloat16 convolution (Conv(22)); check this "
     "export on a GPU (engine=tensorrt precision=bf16)"
@@ -54,6 +59,28 @@ class OnnxWrapper(nn.Module):
         return self.model(image.to(self.dtype))["out"]
 
 
+def check_precision(precision: Any, *, key: str = "precision") -> str:
+    """``precision`` if it is one an export can be written in, or a ConfigError naming ``key``."""
+    if not isinstance(precision, str) or precision not in DTYPES:
+        raise ConfigError(f"{key} must be one of {', '.join(DTYPES)}, got {precision!r}")
+    return precision
+
+
+def check_opset(opset: Any, *, key: str = "opset") -> int:
+    """``opset`` if the exporter can write it, or a ConfigError naming ``key``: an integer from
+    18 (the dynamo exporter) to the newest opset of the installed ``onnx`` (asked for more,
+    torch writes opset 18 instead, with a warning)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConfigError(
+            f"{key} must be an integer from {MIN_OPSET} (the dynamo exporter) to {newest} (the "
+            f"newest of the installed onnx {onnx.__version__}), got {opset!r}"
+        )
+    return opset
+
+
 def export_opset(opset: int, precision: str) -> int:
     """The opset an export at ``precision`` is written in: ``opset``, raised to 22 for bf16."""
     return max(int(opset), BF16_OPSET) if precision == "bf16" else int(opset)
@@ -72,23 +99,19 @@ def export_onnx(
 
     Uses the dynamo exporter (torch.export + onnxscript), torch's default since 2.9; it needs
     opset ≥ 18. ``precision`` "fp16"/"bf16" exports the weights in that type (float32 input);
-    bf16 is exported at opset ``export_opset(opset, "bf16")`` (≥ 22). The graph must pass the
-    full ONNX checker (ConfigError otherwise); nothing is written then.
+    bf16 is exported at opset ``export_opset(opset, "bf16")`` (≥ 22). ``dynamic=False`` fixes
+    the graph at ``EXAMPLE_BATCH``×3×``meta.input_size``. The graph must pass the full ONNX
+    checker and be written at the opset asked for (ConfigError otherwise); nothing is written
+    then.
     """
     import onnx
 
-    if precision not in DTYPES:
-        raise ConfigError(
-            f"ONNX export precision must be one of {tuple(DTYPES)}, got {precision!r}"
-        )
-    if opset < 18:
-        raise ConfigError(f"export.opset must be at least 18 (dynamo exporter), got {opset}")
-    opset = export_opset(opset, precision)
+    check_precision(precision)
+    opset = export_opset(check_opset(opset), precision)
     dtype = DTYPES[precision]
     module = copy.deepcopy(model).cpu().to(dtype) if dtype != torch.float32 else model.cpu()
     wrapper = OnnxWrapper(module, dtype).eval()
-    # Batch 2 in the example: torch.export specializes dimensions of size 0 and 1.
-    example = torch.zeros(2, 3, *meta.input_size)
+    example = torch.zeros(EXAMPLE_BATCH, 3, *meta.input_size)
     dims = {0: "batch", 2: "height", 3: "width"}
     with torch.inference_mode(False):
         program = torch.onnx.export(
@@ -102,6 +125,9 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
+    written = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if written != [opset]:  # the exporter falls back to its own opset, with only a warning
+        raise ConfigError(f"the exporter wrote opset {written} instead of opset {opset}")
     fields = {k: v for k, v in asdict(meta).items() if k in _META_KEYS}
     fields.update(format="surgseg-onnx", precision=precision)
     for key, value in fields.items():

@@ -19,6 +19,7 @@ from _engine_utils import sharpen, sharpen_checkpoint
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+import surgseg.apps.export as export_app
 from surgseg.apps import CONF_DIR
 from surgseg.apps.export import run, summary
 from surgseg.checkpoint import CheckpointMeta
@@ -323,12 +324,18 @@ def test_export_rejects_bad_settings(exported, tmp_path):
         export_onnx(model, tmp_path / "x.onnx", meta=meta, precision="int4")
     with pytest.raises(ConfigError, match="opset"):
         export_onnx(model, tmp_path / "x.onnx", meta=meta, opset=13)
+    # Past the installed onnx's newest opset, torch would write opset 18 and say nothing.
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ConfigError, match=rf"^opset must be an integer from 18 .* to {newest} "):
+        export_onnx(model, tmp_path / "x.onnx", meta=meta, opset=newest + 1)
     assert not any(tmp_path.iterdir())
 
 
-def _compose(**overrides):
+def _compose(*command_line, **overrides):
+    """conf/export.yaml with ``command_line`` (``key=value`` strings, parsed as on the command
+    line) and ``overrides`` (Python values) applied."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="export")
+        cfg = compose(config_name="export", overrides=list(command_line))
     with open_dict(cfg):
         for key, value in overrides.items():
             cfg[key] = value
@@ -338,6 +345,8 @@ def _compose(**overrides):
 def test_export_app(make_checkpoint, tmp_path):
     ckpt = sharpen_checkpoint(make_checkpoint("binary"))
     out = tmp_path / "exports"
+    out.mkdir()
+    (out / "binary.failed.json").write_text("{}")  # an earlier export's failed check
     report = run(_compose(checkpoint=str(ckpt), output_dir=str(out)))
     assert report["passed"] and report["agreement"] >= 0.995
     assert [b["shape"] for b in report["batches"]] == [[2, 3, 64, 80], [2, 3, 96, 120]]
@@ -364,3 +373,128 @@ def test_export_app_fails_cleanly(make_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="precision"):
         run(_compose(checkpoint=str(ckpt), output_dir=str(tmp_path / "o"), precision="fp8"))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("name", ["../escape", "sub/model", "..", ".", ""])
+def test_export_name_must_be_a_plain_file_name(make_checkpoint, tmp_path, name):
+    ckpt = make_checkpoint("binary")
+    out = tmp_path / "out" / "exports"
+    with pytest.raises(ConfigError, match=r"^name must be .*a plain file name"):
+        run(_compose(checkpoint=str(ckpt), output_dir=str(out), name=name))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["binary.pt"]  # no folder, no file
+
+
+def _refused_before_anything(tmp_path, match, *command_line):
+    """``command_line`` is refused with ``match`` before the checkpoint (which does not even
+    exist) is read or the output folder made."""
+    cfg = _compose(f"checkpoint={tmp_path / 'absent.pt'}", f"output_dir={tmp_path / 'o'}",
+                   *command_line)  # fmt: skip
+    with pytest.raises(ConfigError, match=match) as info:
+        run(cfg)
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ("opset=11", r"^opset must be an integer from 18 .*got 11$"),
+        ("precision=fp8", r"^precision must be one of fp32, fp16, bf16, got 'fp8'$"),
+    ],
+)
+def test_export_opset_and_precision_are_refused_before_the_folder(tmp_path, setting, match):
+    _refused_before_anything(tmp_path, match, setting)
+
+
+@pytest.mark.parametrize("value", ["5", "0", "-0.5", "1.5", "nan", "true", "high"])
+def test_export_min_agreement_is_a_fraction(tmp_path, value):
+    _refused_before_anything(
+        tmp_path,
+        r"^check\.min_agreement must be a fraction .*0 < x ≤ 1",
+        f"check.min_agreement={value}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("sizes", "match"),
+    [
+        (
+            "[[10,10]]",
+            r"^check\.sizes\[0\] must be \[height, width\], each at least 32 and a multiple "
+            r"of 8, got \[10, 10\]$",
+        ),
+        ("[[64,80],[100,120]]", r"^check\.sizes\[1\] must be .*multiple of 8, got \[100, 120\]$"),
+        ("[[64,80,3]]", r"^check\.sizes\[0\] must be \[height, width\]"),
+        ("[64,80]", r"^check\.sizes must be null or a list of \[height, width\]"),
+        ("[]", r"^check\.sizes must be null or a list of \[height, width\]"),
+        ("64", r"^check\.sizes must be null or a list of \[height, width\]"),
+    ],
+)
+def test_export_check_sizes_are_input_sizes_inference_takes(tmp_path, sizes, match):
+    _refused_before_anything(tmp_path, match, f"check.sizes={sizes}")
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ("opset=99", r"^opset must be an integer from 18 \(the dynamo exporter\) to \d+ .*got 99$"),
+        ("opset=abc", r"^opset must be an integer"),
+        ("dynamic=no", r"^dynamic must be true or false, got 'no'$"),
+        ("check.batch=0", r"^check\.batch must be an integer ≥ 1, got 0$"),
+        ("seed=-1", r"^seed must be an integer ≥ 0, got -1$"),
+        ("device=cuda", r"^device=cuda: surgseg-export runs on the CPU only"),
+    ],
+)
+def test_export_other_settings_are_refused_before_the_folder(tmp_path, setting, match):
+    _refused_before_anything(tmp_path, match, setting)
+
+
+def test_export_long_name_is_refused_before_the_folder(make_checkpoint, tmp_path):
+    ckpt = make_checkpoint("binary")
+    out = tmp_path / "o"
+    with pytest.raises(ConfigError, match=r"^name is too long .*240 bytes"):
+        run(_compose(checkpoint=str(ckpt), output_dir=str(out), name="a" * 240))
+    assert not out.exists()
+
+
+def test_export_failed_parity_leaves_no_finished_files(make_checkpoint, tmp_path, monkeypatch):
+    ckpt = make_checkpoint("binary")
+    out = tmp_path / "exports"
+    poor = {"max_abs_diff": 3.0, "agreement": 0.5, "batches": []}
+    monkeypatch.setattr(export_app, "check_onnx", lambda path, model, frames: poor)
+    with pytest.raises(ConfigError, match=r"agrees with PyTorch on only 50\.0000% .*< 99\.50%"):
+        run(_compose(checkpoint=str(ckpt), output_dir=str(out)))
+    # Neither file under its final name: only the report, under a name that says it failed
+    # (test_export_app: a later export that passes removes it).
+    assert sorted(p.name for p in out.iterdir()) == ["binary.failed.json"]
+    failed = json.loads((out / "binary.failed.json").read_text())
+    assert failed["passed"] is False and failed["onnx"] is None
+
+
+def test_static_export_is_checked_at_its_own_shape(make_checkpoint, tmp_path):
+    ckpt = sharpen_checkpoint(make_checkpoint("binary"))
+    out = tmp_path / "static"
+    with pytest.raises(
+        ConfigError, match=r"^check\.batch: a dynamic=false export is fixed at batch 2"
+    ):
+        run(_compose("dynamic=false", "check.batch=4", checkpoint=str(ckpt), output_dir=str(out)))
+    with pytest.raises(
+        ConfigError, match=r"^check\.sizes: a dynamic=false export takes only .*64, 80"
+    ):
+        run(_compose("dynamic=false", "check.sizes=[[96,120]]", checkpoint=str(ckpt),
+                     output_dir=str(out)))  # fmt: skip
+    assert not out.exists()
+    report = run(_compose("dynamic=false", checkpoint=str(ckpt), output_dir=str(out)))
+    assert report["passed"] and [b["shape"] for b in report["batches"]] == [[2, 3, 64, 80]]
+    graph_input = onnx.load(out / "binary.onnx").graph.input[0].type.tensor_type.shape
+    assert [d.dim_value for d in graph_input.dim] == [2, 3, 64, 80]
+
+
+def test_export_without_onnxruntime_is_one_line_before_the_folder(tmp_path, monkeypatch):
+    find_spec = export_app.importlib.util.find_spec
+
+    def without_ort(name, *args):
+        return None if name == "onnxruntime" else find_spec(name, *args)
+
+    monkeypatch.setattr(export_app.importlib.util, "find_spec", without_ort)
+    _refused_before_anything(tmp_path, r"^surgseg-export needs the package\(s\) onnxruntime: pip")
