@@ -28,6 +28,7 @@ from surgseg.progress import LineProgress
 
 if TYPE_CHECKING:
     from surgseg.cluster import RayWorkers
+    from surgseg.predictor import Predictor
     from surgseg.tables import VideoEntry
 
 Inputs = Sequence[tuple[Path, str]]  # (video, output folder name) pairs: ``find_inputs``
@@ -89,6 +90,7 @@ class JobResult:
     status: str
     frames: int = 0
     reason: str | None = None
+    damage: str | None = None  # a done video's decoding losses (``decode.damage_note``)
 
 
 @dataclass
@@ -98,6 +100,7 @@ class InferSummary:
     done: list[Path] = field(default_factory=list)  # output folders of videos finished now
     skipped: list[Path] = field(default_factory=list)  # finished by an earlier run, same hash
     failed: list[tuple[Path, str]] = field(default_factory=list)  # input, one-line reason
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # done, frames lost: input, note
     frames: int = 0  # frames processed in this run
     wall_s: float = 0.0
 
@@ -106,6 +109,8 @@ class InferSummary:
         if result.status == "done":
             self.done.append(result.job.out_dir)
             self.frames += result.frames
+            if result.damage:
+                self.damaged.append((result.job.video, result.damage))
         else:
             self.failed.append((result.job.video, result.reason or "failed"))
 
@@ -118,6 +123,13 @@ class InferSummary:
         if self.failed:
             lines += ["failed:", *(f"  {reason}" for _, reason in self.failed)]
         return lines
+
+    def warnings(self) -> list[str]:
+        """Videos done with frames lost or damaged in decoding, each with what it lost."""
+        if not self.damaged:
+            return []
+        return ["done with frames lost in decoding (see their run.json):",
+                *(f"  {video}: {note}" for video, note in self.damaged)]  # fmt: skip
 
 
 def file_digest(path: str | Path) -> str:
@@ -213,7 +225,7 @@ def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
 def process_inputs(
     inputs: Inputs,
     *,
-    predictor: PredictorSpec,
+    predictor: PredictorSpec | Predictor,
     output_dir: Path,
     outputs: OutputOptions,
     cues: CueOptions,
@@ -226,7 +238,8 @@ def process_inputs(
     cluster: RayWorkers | None = None,
 ) -> InferSummary:
     """Process every video of ``inputs`` (``find_inputs``) into ``output_dir``, here one after
-    another or on the workers of a Ray cluster (``cluster``); skip those an earlier run ended
+    another or on the workers of a Ray cluster (``cluster``: ``predictor`` is then the spec
+    each worker builds its own from; here it may be built already); skip those an earlier run ended
     with the same ``run_hash`` (unless ``resume`` is False); a failing video does not stop the
     others. Then update the folder's tables and report."""
     started = time.perf_counter()
@@ -244,6 +257,7 @@ def process_inputs(
         summary.add(result)
         if progress:
             what = f"done: {result.job.video} -> {result.job.out_dir}"
+            what += f"; {result.damage}" if result.damage else ""
             LineProgress.write(what if result.status == "done" else f"failed: {result.reason}")
 
     options = dict(output_dir=output_dir, outputs=outputs, cues=cues, batch_size=batch_size,
@@ -254,7 +268,8 @@ def process_inputs(
     elif todo:
         from surgseg.infer import VideoJobs
 
-        runner = VideoJobs(predictor.build(), progress=progress, **options)
+        built = predictor.build() if isinstance(predictor, PredictorSpec) else predictor
+        runner = VideoJobs(built, progress=progress, **options)
         for job in todo:
             finished(runner(job))
     update_archive(output_dir)

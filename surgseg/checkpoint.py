@@ -7,6 +7,7 @@ A delivered model file (``best.pt``, the demo's ``model.pt``) holds just that; a
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,12 +76,23 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate the raw checkpoint payload; raise CheckpointError with the file name."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError("is a folder, not a checkpoint file", path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path)
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            "an ONNX file, not a checkpoint: give the checkpoint it was exported from, with "
+            "engine=onnxruntime engine.onnx_path=<this file>",
+            path,
+        )
     try:
         # weights_only: a checkpoint is data, never code. Train state must hold only tensors
-        # and plain Python values.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # and plain Python values. torch's warning about an old pickle protocol is no news to
+        # a user who gets the error line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
             f"not a readable checkpoint ({exc.__class__.__name__})", path

@@ -5,7 +5,8 @@ Packets are demuxed and decoded one by one, so a packet that fails to decode los
 frames it carries; decoding goes on with the next one. What damage costs is kept in
 ``DecodeStats`` and on each ``Frame``: packets the decoder rejects, frames it delivers flagged
 as corrupt (errors concealed), and frames missing from the stream, seen as gaps in the pts of
-the delivered frames (presentation order) against the frame duration.
+the delivered frames (presentation order) against the frame duration, and, once the demuxer
+ends, as frames the container's index lists after the last delivered one (a truncated file).
 
 YUV→RGB conversion and rotation run in an FFmpeg filter graph (``_ToRgb``).
 """
@@ -13,7 +14,7 @@ YUV→RGB conversion and rotation run in an FFmpeg filter graph (``_ToRgb``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -89,11 +90,15 @@ class DecodeEvent:
     Attributes:
         kind: ``"gap"``: ``missing`` frames are missing just before frame ``index``;
             ``"corrupt"``: frame ``index`` came out flagged as damaged; ``"error"``: the
-            decoder rejected a packet (its frames, if lost, also make a gap).
-        pts: of frame ``index``, or of the rejected packet; None without timestamps.
+            decoder rejected a packet (its frames, if lost, also make a gap); ``"end"``:
+            ``missing`` frames are missing after the last delivered one: the file stops early
+            (cut short, or its last packets rejected), see ``DecodeStats.missing``.
+        pts: of frame ``index``, or of the rejected packet; for ``"end"``, where the delivered
+            frames stop: the end of the last one (at a constant frame rate, the pts the next
+            frame would have had); None without timestamps.
         time_s: the same in seconds.
-        missing: frames missing, for a gap; else 0.
-        index: the ``Frame.index`` concerned; None for an error.
+        missing: frames missing, for a gap or the end; else 0.
+        index: the ``Frame.index`` concerned; None for an error or the end.
     """
 
     kind: str
@@ -112,8 +117,15 @@ class DecodeStats:
         corrupt: decode failures: packets the decoder rejected plus frames it delivered
             flagged as damaged (``Frame.corrupt``).
         missing: frames missing between delivered ones, from gaps in their pts (``Frame.gap``),
-            whatever lost them: the demuxer, a rejected packet, the decoder. Frames lost after
-            the last delivered one are not seen.
+            whatever lost them: the demuxer, a rejected packet, the decoder; plus, once the
+            demuxer ends, frames missing after the last delivered one (an ``"end"`` event):
+            the frames the container lists (MP4/MOV sample table, AVI header; less those an
+            edit list hides) that were neither delivered nor missing between delivered ones,
+            counted only when the stream's duration also ends at least one whole frame after
+            the last frame's end. Containers that give no frame count or duration (MKV/WebM,
+            MPEG-TS, fragmented MP4, raw streams), or a last frame without pts, leave the end
+            unjudged. Where no gap could be judged (``gaps_checked`` False), frames lost
+            mid-file are among those counted at a short end.
         gaps_checked: False once the pts stopped stepping by whole frame durations (variable
             frame rate) or were missing: from there on no gap is judged.
         first_error: the first decoder error and its time.
@@ -139,6 +151,28 @@ class DecodeStats:
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready values, events as dicts (for ``run.json``)."""
         return asdict(self)
+
+
+def damage_note(frames: Mapping[str, Any]) -> str | None:
+    """What decoding lost, in a few words for a log line, from ``DecodeStats.to_dict()`` (as
+    ``run.json``'s ``frames`` holds it): "9 frames missing (6 at the end, after 0.720 s),
+    4 corrupt", "26 frames missing at the end (after 0.560 s)"; None when nothing was lost or
+    damaged."""
+    missing, corrupt = frames.get("missing") or 0, frames.get("corrupt") or 0
+    parts = []
+    if missing:
+        text = f"{missing} frame{'s' * (missing != 1)} missing"
+        ends = [e for e in frames.get("events") or () if e.get("kind") == "end"]
+        if ends:
+            lost, time_s = ends[-1].get("missing"), ends[-1].get("time_s")
+            text += " at the end" if lost == missing else ""
+            detail = [] if lost == missing else [f"{lost} at the end"]
+            detail += [] if time_s is None else [f"after {time_s:.3f} s"]
+            text += f" ({', '.join(detail)})" if detail else ""
+        parts.append(text)
+    if corrupt:
+        parts.append(f"{corrupt} corrupt")
+    return ", ".join(parts) or None
 
 
 def _whole_steps(delta: int, step: float) -> int | None:
@@ -187,6 +221,29 @@ class _Gaps:
             return 0
         self._confirmed |= steps == 1
         return steps - 1 if self._confirmed else 0
+
+
+def _missing_at_end(
+    stream: av.VideoStream, stats: DecodeStats, pts: int | None, duration: int
+) -> tuple[int, int]:
+    """Frames missing after the last delivered frame (at ``pts``, lasting ``duration``), and
+    where they would start: the end of that frame, in ``time_base``. (0, 0) unless both the
+    container's frame count and its duration say so (see ``DecodeStats.missing``)."""
+    listed, length, start = stream.frames, stream.duration, stream.start_time
+    if not listed or not length or start is None or pts is None:
+        return 0, 0
+    rate = stream.average_rate or stream.guessed_rate
+    step = duration or (float(1 / (rate * stream.time_base)) if rate else 0.0)
+    if step <= 0:
+        return 0, 0
+    end = pts + step
+    unseen = listed - stats.decoded - stats.missing
+    if unseen < 1 or (start + length - end) / step + _GRID_TOLERANCE < 1:
+        return 0, 0
+    # Frames an edit list hides (a cut made without re-encoding) are listed but never shown.
+    # Read only here, on a file already short: the index holds an entry per frame.
+    unseen -= sum(entry.is_discard for entry in stream.index_entries)
+    return max(unseen, 0), round(end)
 
 
 class _ToRgb:
@@ -357,6 +414,11 @@ class VideoReader:
                 stats.record(DecodeEvent("corrupt", pts, time_s, 0, index))
             # Built in the yield, so no reference to the image outlives the consumer's.
             yield Frame(index, pts, time_s, to_rgb(frame), corrupt, gap)
+        # The demuxer has ended (a consumer that stops early never gets here): judged once.
+        lost, end = _missing_at_end(self._stream, stats, frame.pts, frame.duration)
+        if lost:
+            stats.missing += lost
+            stats.record(DecodeEvent("end", end, float(end * time_base), lost))
 
     def close(self) -> None:
         """Close the container (idempotent)."""

@@ -35,7 +35,7 @@ from typing import Any
 from surgseg import report, tables
 from surgseg.archive import Job, JobResult, clear_leftovers, input_stat, record_failure
 from surgseg.atomic import write_json
-from surgseg.decode import VideoReader
+from surgseg.decode import VideoReader, damage_note
 from surgseg.errors import ConfigError, SurgsegError, VideoError
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
@@ -214,4 +214,5 @@ class VideoJobs:
         tables.write_cue_partition(job.out_dir, name=job.name, output_dir=self.output_dir)
         if (entry := tables.read_entry(job.out_dir, job.name)) is not None:
             report.make_assets(self.output_dir, entry)
-        return JobResult(job, "done", frames=run["frames"]["processed"])
+        return JobResult(job, "done", frames=run["frames"]["processed"],
+                         damage=damage_note(run["frames"]))  # fmt: skip

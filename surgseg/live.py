@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from surgseg.decode import Frame, VideoInfo, VideoReader
+from surgseg.decode import DecodeStats, Frame, VideoInfo, VideoReader
 from surgseg.errors import ConfigError
 from surgseg.options import CueOptions, Workers
 from surgseg.pipeline import Pipeline, Stage
@@ -131,6 +131,10 @@ class LiveStream:
     ):
         if drop not in DROP_POLICIES:
             raise ConfigError(f"drop must be one of {DROP_POLICIES}, got {drop!r}")
+        if max_age is not None and (
+            isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age >= 0
+        ):
+            raise ConfigError(f"max_age must be null or a number ≥ 0, got {max_age!r}")
         self.video = Path(video)
         self.predictor = predictor
         self.realtime = realtime
@@ -141,6 +145,7 @@ class LiveStream:
         self.workers = workers or Workers()
         self.stop = stop or threading.Event()
         self.info: VideoInfo | None = None
+        self.decode: DecodeStats | None = None  # what decoding lost, whole once complete
         self.latencies = array("d")  # seconds, 8 bytes per emitted frame
         self.complete = False  # True once the whole video went through
         self._pipeline: Pipeline | None = None
@@ -160,7 +165,7 @@ class LiveStream:
     def _run(self) -> Iterator[StreamResult]:
         predictor = self.predictor
         with VideoReader(self.video) as reader:
-            self.info = reader.info
+            self.info, self.decode = reader.info, reader.stats
             stale = None
             if self.realtime and self.drop == "keep_latest" and self.max_age is not None:
                 stale = _older_than(self.max_age / (self.info.fps or 25.0))
@@ -207,7 +212,9 @@ class LiveStream:
 
     def summary(self) -> dict[str, Any]:
         """Frames released, emitted and dropped; latency percentiles (ms); the model (task,
-        classes and their mask values, input size, engine, device); stage figures."""
+        classes and their mask values, input size, engine, device); stage figures; what
+        decoding lost (``DecodeStats.to_dict()``: frames cut off the end counted once the
+        video went through)."""
         stats = self._pipeline.stats if self._pipeline is not None else {}
         source, model = stats.get("decode"), stats.get("segment")
         wall = self._wall or (time.perf_counter() - self._started if self._started else 0.0)
@@ -225,6 +232,7 @@ class LiveStream:
             "latency_ms": percentiles_ms(self.latencies),
             "wall_s": round(wall, 3),
             "complete": self.complete,  # False: stopped early (stop, close(), Ctrl-C, error)
+            "decode": self.decode.to_dict() if self.decode is not None else None,
             "model": model_record(self.predictor),
             "stages": {name: s.to_dict() for name, s in stats.items()},
         }

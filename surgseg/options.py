@@ -32,6 +32,16 @@ def _opt(default: object, help: str) -> object:
 VIEWS = ("auto", "full")
 
 
+# The numeric cue settings: what each must be, and the test of it.
+_CUE_RANGES = (
+    ("min_area", "an integer ≥ 1", lambda v: float(v).is_integer() and v >= 1),
+    ("border_band", "a number > 0", lambda v: v > 0),
+    ("tip_band", "a number ≥ 0", lambda v: v >= 0),
+    ("track_max_distance", "a number > 0", lambda v: v > 0),
+    ("track_max_missed", "an integer ≥ 0", lambda v: float(v).is_integer() and v >= 0),
+)
+
+
 @dataclass
 class CueOptions:
     """Pose cues of each predicted mask (``surgseg.cues.find_instruments``; definitions in the
@@ -55,6 +65,10 @@ class CueOptions:
                                               "confidence map); null: the mask's tip")
 
     def __post_init__(self) -> None:
+        for key, what, ok in _CUE_RANGES:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ConfigError(f"cues.{key} must be {what}, got {value!r}")
         if self.view not in VIEWS:
             raise ConfigError(f"cues.view must be one of {VIEWS}, got {self.view!r}")
         p = self.tip_probability

@@ -140,6 +140,42 @@ def truncated_copy(src: Path, dst: Path, *, keep: float) -> Path:
     return Path(dst)
 
 
+def cut_in_packet(src: Path, dst: Path, packet: int) -> Path:
+    """Copy ``src`` up to the middle of its video packet ``packet`` (file order) to ``dst``: a
+    file whose writing or copying stopped there."""
+    pos, size = packet_spans(src)[packet]
+    Path(dst).write_bytes(Path(src).read_bytes()[: pos + size // 2])
+    return Path(dst)
+
+
+def faststart_copy(src: Path, dst: Path, *, start: float | None = None) -> Path:
+    """Remux ``src`` into the MP4/MOV ``dst`` with its index (moov) first, as ffmpeg's
+    ``-movflags +faststart`` writes it: cut short, such a file still opens. ``start`` (s)
+    cuts the beginning off without re-encoding: the copy starts at the keyframe before it,
+    and an edit list hides the frames up to it."""
+    seek = [] if start is None else ["-ss", str(start)]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", *seek, "-i", str(src), "-c", "copy",
+         "-movflags", "+faststart", str(dst)],
+        check=True,
+    )  # fmt: skip
+    return Path(dst)
+
+
+def trim_edit_list(src: Path, dst: Path, seconds: float) -> Path:
+    """Copy the MP4 ``src`` to ``dst`` with its video edit list ending after ``seconds``: the
+    frames after it stay in the file, hidden, as a player's trim without re-encoding leaves
+    them. ``src`` has one track with a one-entry version-0 ``elst`` (as ffmpeg writes it)."""
+    data = bytearray(Path(src).read_bytes())
+    mvhd, elst = data.find(b"mvhd"), data.find(b"elst")
+    assert data[mvhd + 4] == 0 and data[elst + 4] == 0 and data.count(b"elst") == 1
+    assert int.from_bytes(data[elst + 8 : elst + 12], "big") == 1
+    timescale = int.from_bytes(data[mvhd + 16 : mvhd + 20], "big")
+    data[elst + 12 : elst + 16] = round(seconds * timescale).to_bytes(4, "big")
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
 def header_only_copy(src: Path, dst: Path) -> Path:
     """Copy ``src`` up to a few bytes into its first video packet: headers and no frame."""
     pos, _ = packet_spans(src)[0]

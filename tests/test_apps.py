@@ -76,6 +76,55 @@ def test_bad_values_name_their_key_before_any_work(setting, needle, make_checkpo
 
 
 @NO_CUDA
+def test_mistakes_found_late_before_leave_nothing_behind(make_checkpoint, tmp_path):
+    """Each of these once made its output folder (or Hydra's) before the line came, or had
+    no line at all."""
+    ckpt = make_checkpoint()
+    from surgseg.synthetic import write_clip
+
+    write_clip(tmp_path / "clips" / "c0", num_frames=1, width=64, height=64)
+    video = tmp_path / "x.mp4"  # exists; never read by the cases that use it
+    video.touch()
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    noise = tmp_path / "noise.onnx.bin"
+    noise.write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "cwd").mkdir()
+    infer = ("infer", f"input={video}", f"checkpoint={ckpt}")
+    cases = [
+        ((*infer, "engine=onnxruntime", f"engine.onnx_path={noise}"), "not an ONNX model"),
+        ((*infer, "engine=onnxruntime", "engine.precision=fp8"), "engine.precision"),
+        ((*infer, "outputs.overlay=maybe"), "outputs.overlay=maybe: Value 'maybe' is not a valid"),
+        ((*infer, "seed=abc"), "seed must be an integer"),
+        ((*infer, "cues.track_max_distance=-1"), "cues.track_max_distance must be a number > 0"),
+        (("infer", "-m", *infer[1:], "batch_size=1,2"), "-m (sweeps) is for surgseg-bench"),
+        (("infer", f"input={video}", f"checkpoint={tmp_path}"), "is a folder, not a checkpoint"),
+        (("stream", f"input={text}", f"checkpoint={ckpt}"), "not a readable video"),
+        (("stream", f"input={video}", f"checkpoint={ckpt}", "max_age=-1"), "max_age must be"),
+        (("bench", f"input={video}", "max_frames=0"), "max_frames must be"),
+        (("train", f"data.root={tmp_path / 'clips'}", "data.val_videos=[nope]"), "'nope'"),
+        (("train", f"data.root={video}"), "is a file, not a dataset folder"),
+    ]
+    calls = []
+    for i, (call, _) in enumerate(cases):
+        where = tmp_path / f"out{i}"
+        calls.append((*call, f"output={where}/cues.jsonl" if call[0] == "stream"
+                      else f"output_dir={where}"))  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        procs = list(pool.map(lambda c: app(*c, cwd=tmp_path / "cwd"), calls))
+    for i, ((_, needle), proc) in enumerate(zip(cases, procs, strict=True)):
+        one_line_error(proc, needle)
+        assert not (tmp_path / f"out{i}").exists(), needle
+    assert not list((tmp_path / "cwd").iterdir())  # no multirun/ of Hydra's
+
+
+def test_bench_names_an_output_dir_that_is_a_file(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    one_line_error(app("bench", f"output_dir={a_file}", "max_frames=1"), str(a_file), "is a file")
+    one_line_error(app("bench", f"output_dir={a_file}/sub", "max_frames=1"), "cannot be written")
+
+
 def test_cuda_without_a_gpu_is_one_line(make_checkpoint, tmp_path):
     proc = app("infer", "input=x.mp4", f"checkpoint={make_checkpoint()}",
                f"output_dir={tmp_path}", "device=cuda")  # fmt: skip
@@ -139,8 +188,8 @@ def test_output_locations_that_cannot_be_written(make_checkpoint, tmp_path):
         calls += [("infer", f"input={video}", f"checkpoint={ckpt}", f"output_dir={where}"),
                   ("eval", f"checkpoint={ckpt}", f"data.root={clips}", f"output_dir={where}"),
                   ("export", f"checkpoint={ckpt}", f"output_dir={where}"),
-                  ("train", f"data.root={tmp_path}", f"output_dir={where}"),
-                  ("stream", "input=x.mp4", f"checkpoint={ckpt}",
+                  ("train", f"data.root={clips}", f"output_dir={where}"),
+                  ("stream", f"input={clips / 'c0' / 'video.mp4'}", f"checkpoint={ckpt}",
                    f"output={where}/cues.jsonl")]  # fmt: skip
     for (where, needle), proc in zip(cases, apps_at_once(calls), strict=True):
         one_line_error(proc, str(where), needle)

@@ -11,7 +11,9 @@ from _video_utils import (
     HEIGHT,
     WIDTH,
     corrupt_packets,
+    cut_in_packet,
     drop_bytes,
+    faststart_copy,
     ffmpeg_decode_log,
     ffmpeg_rgb_frames,
     ffprobe_frame_pts,
@@ -19,7 +21,9 @@ from _video_utils import (
     ffprobe_stream,
     frame_number,
     header_only_copy,
+    numbered_frame,
     packet_spans,
+    trim_edit_list,
     truncated_copy,
     write_audio_only,
     write_png,
@@ -29,7 +33,16 @@ from _video_utils import (
 )
 
 from surgseg import decode
-from surgseg.decode import Frame, VideoReader, probe, read_frames
+from surgseg.decode import (
+    DecodeEvent,
+    DecodeStats,
+    Frame,
+    VideoReader,
+    damage_note,
+    probe,
+    read_frames,
+)
+from surgseg.encode import VideoWriter
 from surgseg.errors import VideoError
 
 
@@ -223,10 +236,198 @@ def test_frame_keeps_its_four_field_constructor():
 def test_truncated_file_decodes_what_is_there(tmp_path):
     src = write_video(tmp_path / "clip", fmt="mjpeg-avi", frames=24)
     cut = truncated_copy(src, tmp_path / "cut.avi", keep=0.5)
-    frames = list(read_frames(cut))
+    with VideoReader(cut) as reader:
+        frames = list(reader)
     assert 5 < len(frames) == ffprobe_stream(cut)["nb_read_frames"] < 24
     # The last, cut-off packet may decode to a partial picture; all before it are whole.
     assert [frame_number(f.image) for f in frames[:-1]] == list(range(len(frames) - 1))
+    # The AVI header still says 24 frames: those after the last delivered one are missing.
+    assert reader.stats.missing == 24 - len(frames)
+    assert [(e.kind, e.missing) for e in reader.stats.events][-1] == ("end", 24 - len(frames))
+
+
+def _read(path: Path) -> tuple[list[Frame], DecodeStats]:
+    with VideoReader(path) as reader:
+        return list(reader), reader.stats
+
+
+def _ends(stats: DecodeStats) -> list[DecodeEvent]:
+    return [e for e in stats.events if e.kind == "end"]
+
+
+def test_truncated_faststart_mp4_counts_the_frames_lost_at_the_end(tmp_path):
+    # Index (moov) first, so the cut file opens and its frames decode without an error.
+    src = write_video(tmp_path / "clip", fmt="h264-mp4", frames=40)
+    fast = faststart_copy(src, tmp_path / "fast.mp4")
+    cut = cut_in_packet(fast, tmp_path / "cut.mp4", 25)
+    complete, _ = _read(fast)
+    with VideoReader(cut) as reader:
+        frames = list(reader)
+    n, stats = len(frames), reader.stats
+    assert 10 < n < 40 and reader.info.frames_reported == 40
+    assert [frame_number(f.image) for f in frames] == list(range(n))
+    assert stats.decoded == n and stats.corrupt == 0 and stats.first_error is None
+    assert not any(f.gap for f in frames)
+    # Counted, with the time where the file stops: that of the first frame it lacks.
+    lost = complete[n]
+    assert stats.missing == 40 - n
+    assert stats.events == [DecodeEvent("end", lost.pts, lost.time_s, 40 - n)]
+    record = json.loads(json.dumps(stats.to_dict()))
+    assert record["missing"] == 40 - n
+    assert record["events"] == [
+        {"kind": "end", "pts": lost.pts, "time_s": lost.time_s, "missing": 40 - n, "index": None}
+    ]
+    note = f"{40 - n} frames missing at the end (after {lost.time_s:.3f} s)"
+    assert damage_note(record) == note
+    assert damage_note(_read(fast)[1].to_dict()) is None
+
+
+def _ffmpeg_h264(src: Path, dst: Path, *args: str) -> Path:
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c:v", "libx264", "-bf", "2",
+         "-g", "12", *args, "-movflags", "+faststart", str(dst)],
+        check=True,
+    )  # fmt: skip
+    return dst
+
+
+def _mp4_of_kind(tmp_path: Path, kind: str) -> Path:
+    """A complete 40-frame H.264 MP4, index first, of ``kind``."""
+    if kind == "variable-frame-rate":
+        steps = np.random.default_rng(3).choice([20, 40, 60, 100], 39)
+        pts = [0, *np.cumsum(steps).tolist()]
+        src = write_video(tmp_path / "vfr", fmt="h264-mp4", pts=pts, time_base=Fraction(1, 1000))
+        return faststart_copy(src, tmp_path / "fast.mp4")
+    src = write_video(tmp_path / "clip", fmt="h264-mp4", frames=40)
+    if kind == "our-writer":
+        return faststart_copy(src, tmp_path / "fast.mp4")
+    if kind == "ntsc-rate-90k-timescale":  # frame durations of 3753.75 ticks: 3753 or 3754
+        return _ffmpeg_h264(src, tmp_path / "ntsc.mp4", "-r", "24000/1001",
+                            "-video_track_timescale", "90000")  # fmt: skip
+    b_frames = _ffmpeg_h264(src, tmp_path / "bf.mp4")  # B-frames: an edit list shifts the start
+    if kind == "ffmpeg-b-frames":
+        return b_frames
+    if kind == "cut-without-re-encoding":  # the edit list hides the frames before 0.3 s
+        return faststart_copy(b_frames, tmp_path / "cut.mp4", start=0.3)
+    assert kind == "edit-list-trimmed"  # the edit list hides the frames after 1.2 s
+    return trim_edit_list(b_frames, tmp_path / "trimmed.mp4", 1.2)
+
+
+MP4_KINDS = ["our-writer", "ffmpeg-b-frames", "cut-without-re-encoding", "edit-list-trimmed",
+             "ntsc-rate-90k-timescale", "variable-frame-rate"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", MP4_KINDS)
+def test_mp4_end_is_judged_without_false_alarm(tmp_path, kind):
+    path = _mp4_of_kind(tmp_path, kind)
+    complete, stats = _read(path)
+    with av.open(str(path)) as container:
+        listed = container.streams.video[0].frames
+    if kind in ("cut-without-re-encoding", "edit-list-trimmed"):
+        assert listed > len(complete), "no frame hidden: the test would prove nothing"
+    # The whole file: nothing missing, whatever the edit list hides.
+    assert stats.missing == 0 and stats.events == [] and stats.corrupt == 0
+    assert stats.gaps_checked == (kind != "variable-frame-rate")
+    # Cut short: the frames of the whole file after the last one delivered are missing.
+    frames, stats = _read(cut_in_packet(path, tmp_path / "short.mp4", 2 * len(complete) // 3))
+    last = [f.pts for f in complete].index(frames[-1].pts)
+    after = len(complete) - 1 - last
+    assert 5 < after < 30
+    assert stats.decoded + stats.missing == len(complete)
+    assert [(e.kind, e.missing) for e in _ends(stats)] == [("end", after)]
+    assert stats.events[-1] == _ends(stats)[0]
+    if kind != "variable-frame-rate":  # the end of the last frame: where the next one starts
+        assert (stats.events[-1].pts, stats.events[-1].time_s) == (
+            complete[last + 1].pts,
+            pytest.approx(complete[last + 1].time_s),
+        )
+
+
+def test_end_is_judged_only_where_the_container_lists_its_frames(tmp_path):
+    lost, counted = {}, {}
+    for fmt in FORMATS:
+        src = write_video(tmp_path / fmt, fmt=fmt, frames=24)
+        if fmt == "h264-mp4":
+            src = faststart_copy(src, tmp_path / "fast.mp4")
+        _, stats = _read(src)
+        assert stats.missing == 0 and stats.events == [], fmt
+        _, stats = _read(cut_in_packet(src, tmp_path / f"cut-{fmt}{src.suffix}", 16))
+        gaps = sum(e.missing for e in stats.events if e.kind == "gap")
+        lost[fmt] = 24 - stats.decoded - gaps  # after the last delivered frame
+        counted[fmt] = sum(e.missing for e in _ends(stats))
+        assert stats.missing == gaps + counted[fmt], fmt
+    assert all(lost.values())
+    # MKV/WebM and MPEG-TS do not say how many frames they hold: the end is left unjudged.
+    listing = {"h264-mp4", "mjpeg-avi", "mpeg4-avi"}
+    assert counted == {fmt: lost[fmt] if fmt in listing else 0 for fmt in FORMATS}
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mov"])
+def test_a_gap_mid_file_is_counted_once(tmp_path, suffix):
+    src = write_video(tmp_path / "clip", fmt="mjpeg-avi", frames=24)
+    bad = corrupt_packets(src, tmp_path / "bad.avi", range(8, 11))
+    if suffix == ".mov":
+        bad = faststart_copy(bad, tmp_path / "bad.mov")
+    frames, stats = _read(bad)
+    assert len(frames) == 21 and stats.missing == 3
+    assert [(e.kind, e.missing) for e in stats.events] == [("error", 0)] * 3 + [("gap", 3)]
+    # Cut inside packet 18: the gap is still counted once, the frames after the cut at the end.
+    frames, stats = _read(cut_in_packet(bad, tmp_path / f"cut{suffix}", 18))
+    assert [frame_number(f.image) for f in frames] == [*range(8), *range(11, 18)]
+    assert stats.missing == 24 - 15 == 3 + 6
+    assert (
+        damage_note(stats.to_dict()) == "9 frames missing (6 at the end, after 0.720 s), 4 corrupt"
+    )
+    assert [(e.kind, e.time_s, e.missing) for e in stats.events if e.kind != "error"] == [
+        ("gap", pytest.approx(11 / 25), 3), ("end", pytest.approx(18 / 25), 6)]  # fmt: skip
+
+
+def test_a_loss_no_gap_shows_is_not_put_at_the_end(tmp_path):
+    # Variable frame rate: once frames are lost mid-file the pts steps stop fitting the
+    # frame durations and no gap is judged; the file's count is short, but its end is whole.
+    steps = np.random.default_rng(3).choice([20, 40, 60, 100], 23)
+    path = tmp_path / "vfr.mov"
+    with VideoWriter(path, width=WIDTH, height=HEIGHT, fps=25, time_base=Fraction(1, 1000),
+                     codec="mjpeg") as writer:  # fmt: skip
+        for i, pts in enumerate([0, *np.cumsum(steps).tolist()]):
+            writer.write(numbered_frame(i), pts)
+    bad = faststart_copy(corrupt_packets(path, tmp_path / "bad.mov", range(8, 11)),
+                         tmp_path / "fast.mov")  # fmt: skip
+    frames, stats = _read(bad)
+    assert [frame_number(f.image) for f in frames] == [*range(8), *range(11, 24)]
+    assert not stats.gaps_checked and stats.corrupt == 3
+    assert stats.missing == 0 and [e.kind for e in stats.events] == ["error"] * 3
+    # Cut short, the end falls short too: every frame neither delivered nor seen missing
+    # counts there (the three lost mid-file with them: no gap placed them).
+    frames, stats = _read(cut_in_packet(bad, tmp_path / "cut.mov", 15))
+    assert [frame_number(f.image) for f in frames] == [*range(8), *range(11, 15)]
+    assert stats.missing == 24 - len(frames) == 12
+    assert [(e.kind, e.missing) for e in stats.events][-1] == ("end", 12)
+
+
+def test_frames_rejected_at_the_end_are_counted(tmp_path):
+    src = write_video(tmp_path / "clip", fmt="mjpeg-avi", frames=24)
+    bad = corrupt_packets(src, tmp_path / "bad.avi", range(21, 24))
+    frames, stats = _read(bad)
+    assert [frame_number(f.image) for f in frames] == list(range(21))
+    assert stats.corrupt == 3 and stats.missing == 3
+    assert [(e.kind, e.pts, e.missing, e.index) for e in stats.events] == [
+        *[("error", p, 0, None) for p in (21, 22, 23)],
+        ("end", 21, 3, None),
+    ]
+
+
+def test_a_consumer_that_stops_early_gets_no_end(tmp_path):
+    src = write_video(tmp_path / "clip", fmt="mjpeg-avi", frames=24)
+    cut = cut_in_packet(src, tmp_path / "cut.avi", 16)
+    with VideoReader(cut) as reader:
+        frames = list(reader)
+    assert reader.stats.missing == 24 - len(frames) > 0  # read to the end: counted
+    with VideoReader(cut) as reader:
+        for frame in reader:
+            if frame.index == 15:
+                break
+    assert reader.stats.missing == 0 and reader.stats.events == []
 
 
 def _header_only(tmp_path: Path) -> Path:

@@ -93,7 +93,8 @@ def test_training_clips_cross_when_asked(tmp_path):
     ("override", "needle"),
     [("task=foo", "task must be one of"), ("heldout_frames=0", "heldout_frames"),
      ("train_crossings=2", "train_crossings"), ("input_size=5", "input_size"),
-     ("crop_size=x", "crop_size"), ("val_clips=0", "val_clips")],
+     ("crop_size=x", "crop_size"), ("val_clips=0", "val_clips"),
+     ("masks=jpg", "masks must be one of"), ("masks=null", "masks must be one of")],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_any_data_is_made(override, needle, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -371,6 +371,27 @@ def test_builder_settings_tf32_and_dla():
                           workspace_gb=1, tf32=False, dla_core=0)  # fmt: skip
 
 
+def test_a_given_onnx_file_must_load_and_match_the_precision(fp16_export, tmp_path):
+    model, meta, fp16 = fp16_export
+    fp32 = export_onnx(model, tmp_path / "m.fp32.onnx", meta=meta)
+    noise = tmp_path / "noise.onnx"
+    noise.write_bytes(np.random.default_rng(0).bytes(5000))
+
+    def engine(path, precision):
+        return create_engine("onnxruntime", model=model, meta=meta, onnx_path=path,
+                             precision=precision)  # fmt: skip
+
+    with pytest.raises(ConfigError, match="not an ONNX model ONNX Runtime can load") as error:
+        engine(noise, "fp32")
+    assert error.value.path == noise
+    with pytest.raises(ConfigError, match=r"engine\.precision=fp16, but this is an fp32 export"):
+        engine(fp32, "fp16")
+    with pytest.raises(ConfigError, match=r"engine\.precision=fp32, but this is an fp16 export"):
+        engine(fp16, "fp32")
+    assert engine(fp16, "fp16").output_dtype == torch.float16
+    assert engine(fp32, "fp32").output_dtype == torch.float32
+
+
 @pytest.fixture(scope="module")
 def fp16_export(tmp_path_factory):
     """A ResNet-18 (2 classes, 64×80) and its fp16 surgseg ONNX export."""

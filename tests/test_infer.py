@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from _video_utils import (
     corrupt_packets,
+    cut_in_packet,
+    faststart_copy,
     ffprobe_stream,
     header_only_copy,
     truncated_copy,
@@ -159,6 +161,28 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         "audio_only": write_audio_only(folder / "sound.mp4"),
         "no_frame": header_only_copy(good, folder / "header_only.avi"),
     }
+
+
+def test_a_cut_short_file_is_done_and_says_what_it_lacks(make_checkpoint, tmp_path):
+    """Index first, end cut off: the frames there are processed, the run says how many are
+    missing at the end (it used to call the video complete), and the run still succeeds."""
+    src = write_video(tmp_path / "clip", fmt="h264-mp4", frames=30)
+    cut = cut_in_packet(faststart_copy(src, tmp_path / "fast.mp4"), tmp_path / "cut.mp4", 15)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "surgseg.apps.infer", f"input={cut}",
+         f"checkpoint={make_checkpoint()}", f"output_dir={out}", "progress=false",
+         "outputs.overlay=false"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    frames = json.loads((out / "cut.mp4" / "run.json").read_text())["frames"]
+    assert frames["processed"] + frames["missing"] == 30 and frames["missing"] > 0
+    assert [e["kind"] for e in frames["events"]] == ["end"]
+    lines = proc.stderr.splitlines()
+    assert lines[-2:] == ["done with frames lost in decoding (see their run.json):",
+                          f"  {cut}: {frames['missing']} frames missing at the end (after "
+                          f"{frames['events'][0]['time_s']:.3f} s)"]  # fmt: skip
 
 
 def test_cli_processes_the_good_and_lists_each_bad_input(make_checkpoint, tmp_path):

@@ -197,5 +197,6 @@ def test_offline_train_app_says_which_file_to_place(tmp_path: Path):
     assert len(lines) == 1, proc.stderr
     folder = home / "hub" / "checkpoints"
     assert lines[0].startswith("surgseg-train: error: ImageNet weights ResNet18_Weights")
+    assert not (tmp_path / "run").exists()  # said before the output folder is made
     assert f"place resnet18-f37072fd.pth in {folder}" in lines[0]
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in lines[0]

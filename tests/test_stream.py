@@ -184,6 +184,22 @@ def test_app_writes_cues_masks_and_summary(make_checkpoint, tmp_path, one_second
     assert saved["latency_ms"]["p99"] >= saved["latency_ms"]["p50"] > 0
 
 
+def test_a_cut_short_file_is_said_in_the_summary(make_checkpoint, tmp_path, one_second,
+                                                 capsys):
+    from _video_utils import cut_in_packet, faststart_copy
+
+    cut = cut_in_packet(faststart_copy(one_second, tmp_path / "fast.mp4"), tmp_path / "cut.mp4",
+                        FPS // 2)  # fmt: skip
+    summary = run(_compose([f"input={cut}", f"checkpoint={make_checkpoint()}",
+                            f"output={tmp_path / 'out' / 'cues.jsonl'}", "realtime=false"]))
+    lost = summary["decode"]["missing"]
+    assert lost > 0 and summary["frames_emitted"] + lost == FPS and summary["complete"]
+    saved = json.loads((tmp_path / "out" / "cues.summary.json").read_text())
+    assert saved["decode"]["events"][0]["kind"] == "end"
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"surgseg-stream: {cut}: {lost} frames missing at the end (after ")
+
+
 def test_app_writes_through_the_stage_modules_outputs(make_checkpoint, tmp_path, one_second,
                                                       monkeypatch):
     """One way to open and write a run's outputs: the stream opens them once with

@@ -268,6 +268,9 @@ def check_command_line(config_name: str, argv: list[str], *,
                     names = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
                     raise ConfigError(f"{group}={name}: no such option; one of: "
                                       f"{', '.join(names)}") from None  # fmt: skip
+                merging = re.match(r"Error merging override (\S+)", str(exc))
+                if merging and exc.__cause__ is not None:  # the value does not fit the key's type
+                    raise ConfigError(f"{merging[1]}: {_one_line(exc.__cause__)}") from None
                 raise ConfigError(_one_line(exc)) from None
     finally:
         GlobalHydra.instance().clear()
@@ -338,8 +341,9 @@ def app_help(prog: str, config_name: str) -> str:
             options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
             lines += ["", f"{name}={default} (one of: {', '.join(options)}); its settings: "
                           f"{key}.<key>=value (see conf/{group}/{default}.yaml)"]  # fmt: skip
+    sweeps = "-m (sweeps: each combination into its own folder), " if config_name == "bench" else ""
     lines += ["", f"Hydra's own flags also work: {prog} --cfg job (the composed config), "
-                  "-m (sweeps), --hydra-help."]  # fmt: skip
+                  f"{sweeps}--hydra-help."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -373,8 +377,15 @@ def _check_before_hydra(app: str, argv: list[str]) -> None:
     if (args.hydra_help or args.shell_completion or args.experimental_rerun
             or args.config_name or args.config_path or args.config_dir):  # fmt: skip
         return
+    if args.multirun and app != "bench":
+        raise ConfigError(
+            f"surgseg-{app} runs one job into one output_dir: -m (sweeps) is for surgseg-bench; "
+            "run the app once per setting"
+        )
     shows = args.cfg or args.info or args.package or args.resolve
-    check_command_line(app, args.overrides, may_miss=(lambda cfg: True) if shows else APPS[app])
+    cfg = check_command_line(app, args.overrides,
+                             may_miss=(lambda cfg: True) if shows else APPS[app])  # fmt: skip
+    check_int(cfg, "seed", minimum=0)  # conf/common.yaml: every app's
 
 
 def launch(app: str) -> None:

@@ -152,6 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     predictor = _predictor(cfg)  # a bad checkpoint is one line, before any folder is made
+    claim_output_dir(cfg.output_dir)  # bench.md and bench.png are rebuilt there
     claim_output_dir(cfg.run_dir, key="run_dir")
     run_dir = Path(cfg.run_dir)
     video = _video(cfg)

@@ -33,7 +33,7 @@ from surgseg.apps import train as train_app
 from surgseg.demo import evaluate_run, format_number, save_overlay_still, write_report
 from surgseg.errors import ConfigError
 from surgseg.infer import process_video
-from surgseg.options import CueOptions, OutputOptions
+from surgseg.options import MASK_FORMATS, CueOptions, OutputOptions
 from surgseg.synthetic import CLIP_FILE, load_clip, write_clip
 from surgseg.tasks import TASKS
 
@@ -65,6 +65,8 @@ def check_settings(cfg: DictConfig) -> None:
     if isinstance(crossings, bool) or not isinstance(crossings, int | float) \
             or not 0 <= crossings <= 1:  # fmt: skip
         raise ConfigError(f"train_crossings must be a number from 0 to 1, got {crossings!r}")
+    if cfg.masks not in MASK_FORMATS:  # the scoring reads the masks back
+        raise ConfigError(f"masks must be one of {MASK_FORMATS}, got {cfg.masks!r}")
 
 
 def _is_clip(folder: Path, settings: dict[str, Any]) -> bool:

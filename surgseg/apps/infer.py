@@ -94,9 +94,13 @@ def _process(
     cluster: RayWorkers | None,
     **options: Any,
 ) -> InferSummary:
-    # A bad checkpoint: one line now. The cluster's workers read it, else this process does.
-    model = cluster.model_settings(spec) if cluster is not None else None
-    if model is None:
+    # A bad checkpoint or engine setting: one line now, before the output folder is made.
+    # The cluster's workers read the checkpoint and build the engine, else this process does.
+    predictor: PredictorSpec | Predictor = spec
+    if cluster is None:
+        predictor = spec.build()
+        model = spec.model_settings(predictor.meta)
+    elif (model := cluster.model_settings(spec)) is None:
         from surgseg.checkpoint import load_checkpoint
 
         model = spec.model_settings(load_checkpoint(spec.checkpoint, task=spec.task)[1])
@@ -108,7 +112,7 @@ def _process(
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    return process_inputs(inputs, predictor=spec, output_dir=output_dir, record=record,
+    return process_inputs(inputs, predictor=predictor, output_dir=output_dir, record=record,
                           run_hash=run_hash(spec.checkpoint, settings), cluster=cluster,
                           **options)  # fmt: skip
 
@@ -118,8 +122,11 @@ def _process(
 def main(cfg: DictConfig) -> None:
     summary = run(cfg)
     first, *failures = summary.lines()
-    print(f"surgseg-infer: {first}; outputs in {cfg.output_dir} (index.html, videos.parquet, "
-          "cues.parquet)")  # fmt: skip
+    made = [n for n in ("index.html", "videos.parquet", "cues.parquet")
+            if (Path(cfg.output_dir) / n).exists()]  # fmt: skip
+    print(f"surgseg-infer: {first}; outputs in {cfg.output_dir} ({', '.join(made)})")
+    if warnings := summary.warnings():
+        print("\n".join(warnings), file=sys.stderr)
     if failures:
         print("\n".join(failures), file=sys.stderr)
         sys.exit(1)

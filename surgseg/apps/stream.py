@@ -105,6 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Raises KeyboardInterrupt after Ctrl-C, once the outputs are closed and the summary written.
     """
     from surgseg.atomic import write_json
+    from surgseg.decode import damage_note, probe
     from surgseg.live import stream
 
     output, summary_path, masks_dir = _paths(cfg)
@@ -113,13 +114,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     queue_size = check_int(cfg, "queue_size", minimum=1)
     realtime = check_bool(cfg, "realtime")
     predictor = build_predictor(cfg, task=cfg.task)
+    live = stream(cfg.input, predictor=predictor, realtime=realtime, drop=cfg.drop,
+                  queue_size=queue_size, max_age=cfg.max_age, cues=cues,
+                  workers=workers)  # fmt: skip
+    probe(cfg.input)  # a file that is not a video: one line, before any folder is made
     for folder, key in ((output and output.parent, "output"), (masks_dir, "masks_dir"),
                         (summary_path and summary_path.parent, "summary")):
         if folder is not None:
             claim_output_dir(folder, key=key)
-    live = stream(cfg.input, predictor=predictor, realtime=realtime, drop=cfg.drop,
-                  queue_size=queue_size, max_age=cfg.max_age, cues=cues,
-                  workers=workers)  # fmt: skip
     with _ctrl_c_stops(live.stop):
         _emit(live, output if output is not None else "-", cfg.masks, masks_dir)
     summary = {**live.summary(), "output": str(output) if output else "-"}
@@ -130,6 +132,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"p95 {lat['p95']} p99 {lat['p99']}",
         file=sys.stderr,
     )
+    if note := damage_note(summary["decode"] or {}):
+        print(f"surgseg-stream: {cfg.input}: {note}", file=sys.stderr)
     if summary_path is not None:
         write_json(summary_path, summary)
     if not summary["complete"]:

@@ -252,9 +252,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     given = _plain(cfg)
     check_settings(given)
     check_device(cfg)
+    datasets = None
     if OmegaConf.is_missing(cfg, "output_dir") or not (Path(cfg.output_dir) / "last.pt").exists():
         check_missing(cfg)  # no run to take them from: every required setting, in one line
         dataset_root(cfg.data.root)  # a mistyped data.root: one line, no folder made
+        weights = cfg.model.backbone_weights
+        if weights in IMAGENET_WEIGHTS and int(os.environ.get("RANK", "0")) == 0:
+            # Into torch's cache now, before the data is checked and once for every process
+            # (the others wait to join the process group meanwhile); offline, one line says
+            # which file to place where.
+            imagenet_state_dict(weights, cfg.model.depth, progress=cfg.progress)
+        datasets = build_datasets(cfg)  # a bad split or mask: one line, no folder made
     # Only now, with the command line found good, is the output folder made.
     out_dir = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes
@@ -272,15 +280,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         settings = _plain(cfg, throw_on_missing=True)
     cfg = OmegaConf.create(settings)
     check_device(cfg)  # a resumed run's saved device
-    weights = cfg.model.backbone_weights
-    if weights in IMAGENET_WEIGHTS and not last.exists() and int(os.environ.get("RANK", "0")) == 0:
-        # Into torch's cache now, before the data is checked and once for every process
-        # (the others wait to join the process group meanwhile); offline, one line says which
-        # file to place where.
-        imagenet_state_dict(weights, cfg.model.depth, progress=cfg.progress)
     device = init_distributed(cfg.device)
     try:
-        train_set, val_set = build_datasets(cfg)
+        train_set, val_set = datasets or build_datasets(cfg)
         model = OmegaConf.to_container(cfg.model, resolve=True)
         meta = CheckpointMeta(
             task=cfg.task,

@@ -245,6 +245,8 @@ def _classes() -> dict[str, type[SegmentationSet]]:
 def dataset_root(root: str | Path) -> Path:
     """``root`` (``~`` expanded) if it is a folder; else DatasetError naming it."""
     root = Path(root).expanduser()
+    if root.is_file():
+        raise DatasetError("is a file, not a dataset folder", root)
     if not root.is_dir():
         raise DatasetError("dataset folder not found", root)
     return root

@@ -77,6 +77,7 @@ class OnnxRuntimeEngine(Engine):
     ):
         try:
             import onnxruntime as ort
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
         except ImportError:
             raise ConfigError(
                 "engine=onnxruntime needs the onnxruntime package: pip install 'surgseg[onnx]'"
@@ -102,6 +103,7 @@ class OnnxRuntimeEngine(Engine):
             )
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        given = onnx_path is not None
         if onnx_path is None:
             if model is None or meta is None:
                 raise ConfigError("engine=onnxruntime needs onnx_path or a model to export")
@@ -139,17 +141,24 @@ class OnnxRuntimeEngine(Engine):
                 **_trt_profile_options(profile),
             },
         }
-        self.session = ort.InferenceSession(
-            str(self.onnx_path),
-            sess_options=options,
-            providers=[(PROVIDERS[p], provider_options[p]) for p in names],
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.onnx_path),
+                sess_options=options,
+                providers=[(PROVIDERS[p], provider_options[p]) for p in names],
+            )
+        except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail) as exc:
+            raise ConfigError(
+                f"not an ONNX model ONNX Runtime can load ({type(exc).__name__})", self.onnx_path
+            ) from None
         self._run_options = ort.RunOptions()
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         self.input_name = self.session.get_inputs()[0].name
         out = self.session.get_outputs()[0]
         self.output_name = out.name
         self.output_dtype = _ORT_TYPES.get(out.type, torch.float32)
+        if given:
+            _check_graph_precision(precision, out.type, names, self.onnx_path)
         self.num_classes = out.shape[1]
         if self.device.type == "cuda" and not isinstance(self.num_classes, int):
             raise ConfigError(
@@ -198,6 +207,22 @@ class OnnxRuntimeEngine(Engine):
 
     def close(self) -> None:
         self.session = None
+
+
+def _check_graph_precision(
+    precision: str, output_type: str, providers: Sequence[str], path: Path
+) -> None:
+    """ConfigError when ``engine.precision`` is not the precision of the given ONNX file
+    (surgseg-export's fp16 graphs put out float16 logits, fp32 ones float): it would run in
+    the file's precision, not the one recorded. TensorRT's provider may build fp16 from fp32."""
+    graph = "fp16" if output_type == "tensor(float16)" else "fp32"
+    if precision == graph or (precision == "fp16" and list(providers)[:1] == ["tensorrt"]):
+        return
+    raise ConfigError(
+        f"engine.precision={precision}, but this is an {graph} export (logits {output_type}); "
+        f"set engine.precision={graph}",
+        path,
+    )
 
 
 def run_precision(precision: str, providers: Sequence[str]) -> str:
