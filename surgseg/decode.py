@@ -190,14 +190,15 @@ class _Gaps:
     durations means n - 1 frames missing, once a step of exactly one duration has been seen
     (so a nominal rate that does not fit the stream cannot pass for loss). A step off that
     grid (variable frame rate), or a frame without pts, stops the judging for good. Frames
-    missing before the first one count when it starts whole durations of its own after the
-    stream's start time.
+    missing before the first one count when it starts whole durations of its own after both
+    the stream's start time and the first packet's pts (``first_pts``): an AVI with B-frames
+    starts at the first packet's decode time, one frame before any frame is shown.
     """
 
-    def __init__(self, stream: av.VideoStream):
+    def __init__(self, stream: av.VideoStream, first_pts: int | None = None):
         rate = stream.average_rate or stream.guessed_rate
         self._nominal = float(1 / (rate * stream.time_base)) if rate else 0.0
-        self._start = stream.start_time
+        self._starts = [t for t in (stream.start_time, first_pts) if t is not None]
         self._last: int | None = None
         self._step = 0.0
         self._confirmed = False
@@ -212,9 +213,8 @@ class _Gaps:
         last, step = self._last, self._step
         self._last, self._step = pts, float(duration) or self._nominal
         if last is None:
-            if self._start is None:
-                return 0
-            return max(_whole_steps(pts - self._start, float(duration)) or 0, 0)
+            steps = [_whole_steps(pts - t, float(duration)) or 0 for t in self._starts]
+            return max(min(steps, default=0), 0)
         steps = _whole_steps(pts - last, step)
         if steps is None or steps < 1:
             self.checked = False
@@ -337,6 +337,7 @@ class VideoReader:
         try:
             self._stream = _video_stream(self._container, self.path)
             self._stream.thread_type = thread_type
+            self._first_pts: int | None = None  # of the first packet demuxed
             self._frames = self._decode()
             self._first = next(self._frames, None)
             if self._first is None:
@@ -383,6 +384,8 @@ class VideoReader:
     def _decode(self) -> Iterator[av.VideoFrame]:
         # The demuxer ends with an empty packet per stream, which flushes the decoder.
         for packet in self._container.demux(self._stream):
+            if self._first_pts is None:
+                self._first_pts = packet.pts
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as e:
@@ -396,7 +399,7 @@ class VideoReader:
         first, self._first = self._first, None
         stats, time_base = self.stats, self._stream.time_base
         step = 1 / (self._stream.average_rate or self._stream.guessed_rate or 25)
-        gaps, to_rgb = _Gaps(self._stream), _ToRgb(self.info.rotation)
+        gaps, to_rgb = _Gaps(self._stream, self._first_pts), _ToRgb(self.info.rotation)
         time = -step  # a stream without pts starts at 0
         for frame in itertools.chain([first], self._frames):
             pts = frame.pts

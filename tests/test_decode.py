@@ -169,6 +169,20 @@ def test_frames_lost_at_the_start_are_counted(tmp_path):
     assert reader.stats.missing == 2 and frames[0].index == 0
 
 
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_an_avi_with_b_frames_has_no_frame_missing_before_its_first(tmp_path, codec):
+    """FFmpeg starts such an AVI at its first packet's decode time, one frame before the first
+    frame shown; that frame was never lost."""
+    src = write_video(tmp_path / "clip", fmt="h264-mp4", frames=20)
+    avi = tmp_path / "b.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c:v", codec, "-bf", "2",
+                    str(avi)], check=True)  # fmt: skip
+    with VideoReader(avi) as reader:
+        frames = list(reader)
+    assert frames[0].pts > 0  # the shift that looked like a lost frame
+    assert len(frames) == 20 and reader.stats.missing == 0 and reader.stats.events == []
+
+
 def _damaged_ts(tmp_path: Path) -> tuple[Path, Path]:
     """A 60-frame H.264 MPEG-TS and a copy that lost data in transmission: all the TS packets
     of frames in two places (the demuxer loses those frames), and one TS packet (188 bytes)
