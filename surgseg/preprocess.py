@@ -8,6 +8,7 @@ as ``torch.nn.functional.interpolate``) to ``input_size``, then ``(x / 255 − m
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,10 +26,14 @@ def check_input_size(size: Sequence[int], *, key: str = "input_size") -> tuple[i
     """``size`` as (height, width), or a ConfigError naming ``key``: two integers, each at
     least 32 and a multiple of 8 (the network's output stride)."""
     try:
+        if isinstance(size, str) or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Real) for v in size
+        ):
+            raise TypeError
         values = [int(v) for v in size]
         if any(float(v) != int(v) for v in size):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key} must be [height, width] in pixels, got {size!r}") from None
     if len(values) != 2 or any(v < MIN_SIDE or v % OUTPUT_STRIDE_MULTIPLE for v in values):
         raise ConfigError(

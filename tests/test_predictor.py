@@ -143,3 +143,20 @@ def test_an_input_size_override_reaches_the_engine(make_checkpoint, monkeypatch)
     seen.clear()
     Predictor.from_checkpoint(make_checkpoint())  # no override: the checkpoint's own size
     assert seen[0].input_size == (64, 80)
+
+
+@pytest.mark.parametrize(
+    ("size", "ok"),
+    [([256, 320], (256, 320)), ((256.0, 320), (256, 320)), (np.array([64, 80]), (64, 80)),
+     (["256", "320"], None), ("256", None), ([True, 320], None), ([256, float("inf")], None),
+     ([10, 10], None), ([256, 300], None), ([256], None)],
+)  # fmt: skip
+def test_input_size_takes_two_whole_numbers_the_network_can_run(size, ok):
+    from surgseg.errors import ConfigError
+    from surgseg.preprocess import check_input_size
+
+    if ok is not None:
+        assert check_input_size(size) == ok
+    else:
+        with pytest.raises(ConfigError, match="input_size must be"):
+            check_input_size(size)
