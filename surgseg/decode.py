@@ -183,6 +183,12 @@ def _whole_steps(delta: int, step: float) -> int | None:
     return round(steps) if abs(steps - round(steps)) <= _GRID_TOLERANCE else None
 
 
+def _nominal_step(stream: av.VideoStream) -> float:
+    """One frame at the stream's nominal rate, in ``time_base`` units; 0 when it has none."""
+    rate = stream.average_rate or stream.guessed_rate
+    return float(1 / (rate * stream.time_base)) if rate else 0.0
+
+
 class _Gaps:
     """Frames missing before each delivered frame, judged on its pts step from the previous
     one (presentation order) in units of the previous frame's duration: the duration the
@@ -196,8 +202,7 @@ class _Gaps:
     """
 
     def __init__(self, stream: av.VideoStream, first_pts: int | None = None):
-        rate = stream.average_rate or stream.guessed_rate
-        self._nominal = float(1 / (rate * stream.time_base)) if rate else 0.0
+        self._nominal = _nominal_step(stream)
         self._starts = [t for t in (stream.start_time, first_pts) if t is not None]
         self._last: int | None = None
         self._step = 0.0
@@ -232,8 +237,7 @@ def _missing_at_end(
     listed, length, start = stream.frames, stream.duration, stream.start_time
     if not listed or not length or start is None or pts is None:
         return 0, 0
-    rate = stream.average_rate or stream.guessed_rate
-    step = duration or (float(1 / (rate * stream.time_base)) if rate else 0.0)
+    step = duration or _nominal_step(stream)
     if step <= 0:
         return 0, 0
     end = pts + step

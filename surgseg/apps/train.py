@@ -243,6 +243,12 @@ def resumed_settings(cfg: DictConfig, last: Path) -> dict[str, Any]:
     return settings
 
 
+def _writes() -> bool:
+    """Whether this is the process that writes: rank 0 under torchrun (read from the
+    environment, as the process group may not exist yet), or the only one."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; return the final and best metrics and the output paths.
 
@@ -257,7 +263,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_missing(cfg)  # no run to take them from: every required setting, in one line
         dataset_root(cfg.data.root)  # a mistyped data.root: one line, no folder made
         weights = cfg.model.backbone_weights
-        if weights in IMAGENET_WEIGHTS and int(os.environ.get("RANK", "0")) == 0:
+        if weights in IMAGENET_WEIGHTS and _writes():
             # Into torch's cache now, before the data is checked and once for every process
             # (the others wait to join the process group meanwhile); offline, one line says
             # which file to place where.
@@ -265,7 +271,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datasets = build_datasets(cfg)  # a bad split or mask: one line, no folder made
     # Only now, with the command line found good, is the output folder made.
     out_dir = Path(cfg.output_dir)
-    if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes
+    if _writes():
         claim_output_dir(out_dir)
     last = out_dir / "last.pt"
     if given["resume"] and last.exists():
@@ -344,7 +350,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @cli_errors("surgseg-train")
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _writes():
         best = result["best_val_miou"]
         best = "no validation set" if best is None else f"best val mIoU (foreground) {best:.4f}"
         print(f"surgseg-train: {result['steps']} steps, {best}; checkpoints in {cfg.output_dir}")
