@@ -17,10 +17,12 @@ estimated once per video (as the pipeline does). OpenCV runs one thread per work
    hundredths of a millisecond per frame, so processes are not bound by it.
 2. **Core-ms per frame** (CPU time, median of the passes): the locate stage with 1 worker (a
    thread), 2 threads, and 2 worker processes (the stage's default for 2 workers; the
-   workers' CPU time counted with the caller's).
+   workers' CPU time counted with the caller's), both with the masks in the pool's shared
+   arena, where the segment stage leaves them for worker processes (read there, no copy),
+   and with masks elsewhere (copied into each worker's buffer: "2 processes, copied").
 3. **Throughput** of the locate stage alone, as ``surgseg-bench`` measures it (a pipeline of
-   the locate stage only): 1 worker, 2 threads, 2 worker processes, and the GIL-free reference
-   on 1 and 2 threads (what the machine allows at the time). The passes alternate; figures are
+   the locate stage only): the same four, and the GIL-free reference on 1 and 2 threads (what
+   the machine allows at the time). The passes alternate; figures are
    the medians of ``--repeats`` passes and their ratios to 1 worker. Wall-clock rates: they
    need idle cores (the load average before and after is recorded).
 
@@ -47,7 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from surgseg.cue_workers import worker_cpu_s
+from surgseg.cue_workers import SharedArena, shared_pool, worker_cpu_s
 from surgseg.cues import FieldOfView, find_instruments
 from surgseg.decode import Frame
 from surgseg.options import CueOptions
@@ -93,6 +95,18 @@ def make_inputs(frames: int, seed: int) -> tuple[list[Frame], list[Prediction]]:
     predictions = [Prediction(r.parts, rng.integers(180, 256, r.parts.shape, dtype=np.uint8))
                    for r in rendered]  # fmt: skip
     return images, predictions
+
+
+def in_arena(predictions: list[Prediction], arena: SharedArena) -> list[Prediction]:
+    """The predictions copied into ``arena``, as the segment stage writes them."""
+    out = []
+    for p in predictions:
+        mask, confidence = arena.empty(p.mask.shape), arena.empty(p.confidence.shape)
+        if mask is None or confidence is None:
+            raise SystemExit("the arena is too small for these frames: use fewer --frames")
+        mask[...], confidence[...] = p.mask, p.confidence
+        out.append(Prediction(mask, confidence))
+    return out
 
 
 def batches(images: list[Frame], predictions: list[Prediction], size: int,
@@ -150,12 +164,17 @@ def gil_probe(args: argparse.Namespace) -> dict[str, Any]:
               "tip_band": options.tip_band}  # fmt: skip
     process_locate = Locate(task="parts", options=options, workers=2, processes=True)
     work = batches(images, predictions, args.batch, 1)
+    shared = batches(images, in_arena(predictions, process_locate.arena), args.batch, 1)
 
     def in_thread() -> None:
         for p in predictions:
             find_instruments(p.mask, task="parts", confidence=p.confidence, view=view, **params)
 
     def caller_of_processes() -> None:
+        for batch in shared:
+            process_locate(batch)
+
+    def caller_copying() -> None:
         for batch in work:
             process_locate(batch)
 
@@ -163,9 +182,12 @@ def gil_probe(args: argparse.Namespace) -> dict[str, Any]:
         for frame in images:
             _blur(frame.image)
 
-    jobs: dict[str, Callable[[], None]] = {"find_instruments in the thread": in_thread,
-                                           "caller side of the worker processes":
-                                           caller_of_processes, "reference (blur)": reference}
+    jobs: dict[str, Callable[[], None]] = {
+        "find_instruments in the thread": in_thread,
+        "caller side of the worker processes": caller_of_processes,
+        "the same, masks copied": caller_copying,
+        "reference (blur)": reference,
+    }
     result = {}
     for name, job in jobs.items():
         job()  # warm-up: the view, the workers, the buffers
@@ -222,18 +244,21 @@ def main() -> None:
     load_before = os.getloadavg()
     gil = gil_shares(args)
     images, predictions = make_inputs(args.frames, args.seed)
-    work = batches(images, predictions, args.batch, args.laps)
+    copied = batches(images, predictions, args.batch, args.laps)
+    work = batches(images, in_arena(predictions, shared_pool(2).arena), args.batch, args.laps)
     stages = locate_stages({"1 worker": (1, False), "2 threads": (2, False),
-                            "2 processes": (2, True)})  # fmt: skip
-    for stage in stages.values():
-        run_stage(stage, work[:2])  # warm-up: the view, the workers, their buffers
+                            "2 processes": (2, True),
+                            "2 processes, copied": (2, True)})  # fmt: skip
+    inputs = {name: copied if name.endswith("copied") else work for name in stages}
+    for name, stage in stages.items():
+        run_stage(stage, inputs[name][:2])  # warm-up: the view, the workers, their buffers
     plain = [f.image for f in images]
     fps: dict[str, list[float]] = {}
     core_ms: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         order = list(stages) if repeat % 2 == 0 else list(reversed(stages))
         for name in order:
-            rate, cost = run_stage(stages[name], work)
+            rate, cost = run_stage(stages[name], inputs[name])
             fps.setdefault(name, []).append(rate)
             core_ms.setdefault(name, []).append(cost)
         for threads in (1, 2) if repeat % 2 == 0 else (2, 1):
@@ -246,6 +271,7 @@ def main() -> None:
     result = {
         "frame": [WIDTH, HEIGHT],
         "frames_per_pass": len(images) * args.laps,
+        "arena_misses": shared_pool(2).arena.misses,
         "batch": args.batch,
         "cpu_count": os.cpu_count(),
         "load_before": [round(v, 2) for v in load_before],
@@ -263,9 +289,9 @@ def main() -> None:
     print(f"load average before {result['load_before']}, after {result['load_after']}")
     for name, figures in gil.items():
         print(f"GIL: {name:<38} {figures}")
-    print(f"{'locate stage':<14} {'frames/s':>9} {'× 1 worker':>11} {'core-ms/frame':>14}")
+    print(f"{'locate stage':<20} {'frames/s':>9} {'× 1 worker':>11} {'core-ms/frame':>14}")
     for name in stages:
-        print(f"{name:<14} {median[name]:9.1f} {result['speedup_vs_1_worker'][name]:10.2f}× "
+        print(f"{name:<20} {median[name]:9.1f} {result['speedup_vs_1_worker'][name]:10.2f}× "
               f"{result['core_ms_per_frame'][name]:14.3f}")  # fmt: skip
     print(f"GIL-free reference: 2 threads vs 1: {result['reference_speedup']:.2f}×")
 

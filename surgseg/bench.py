@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from surgseg.atomic import atomic_path
 from surgseg.checkpoint import CheckpointMeta
-from surgseg.cue_workers import worker_cpu_s
+from surgseg.cue_workers import SharedArena, worker_cpu_s
 from surgseg.decode import Frame, VideoReader
 from surgseg.engines import create_engine
 from surgseg.live import percentiles_ms
@@ -142,21 +142,34 @@ class StandInPredictor:
         # buffers without a host copy, so a batch here is a view, made without copying too
         self._masks = torch.from_numpy(np.stack([p.mask for p in self.predictions]))
         self._confidences = torch.from_numpy(np.stack([p.confidence for p in self.predictions]))
+        self._moved_into: SharedArena | None = None
 
     def upload(self, frames: Sequence[np.ndarray]) -> Uploaded:
         """Nothing to copy: only the count of frames travels."""
         return Uploaded(torch.empty(len(frames), 0))
 
-    def launch(self, batch: Uploaded) -> Pending:
-        """The next predictions, due when the stand-in device has served the batch."""
+    def launch(self, batch: Uploaded, *, into: SharedArena | None = None) -> Pending:
+        """The next predictions, due when the stand-in device has served the batch (views of
+        its predictions, moved once into ``into`` if given and it has room, as a GPU's
+        results land there)."""
         n = len(batch.frames)
         with self._lock:
+            if into is not None and self._moved_into is not into:
+                self._move_into(into)
             start = max(time.perf_counter(), self._free_at)
             self._free_at = start + n / self.fps
             first, self._served = self._served, self._served + n
             due = _Due(self._free_at)
         labels, conf = self._stacked(first % len(self.predictions), n)
         return Pending(labels, conf, due)
+
+    def _move_into(self, arena: SharedArena) -> None:
+        masks = arena.empty(self._masks.shape)
+        confidences = None if masks is None else arena.empty(self._confidences.shape)
+        if confidences is not None:
+            masks[...], confidences[...] = self._masks.numpy(), self._confidences.numpy()
+            self._masks, self._confidences = torch.from_numpy(masks), torch.from_numpy(confidences)
+        self._moved_into = arena
 
     def _stacked(self, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions ``first``… as batch tensors: views of the stacked predictions, but for
@@ -401,11 +414,12 @@ def bench(
 
     # the device side (after one warm-up batch), then each CPU stage on its results
     batches = list(batched(held, batch_size))
-    device_stages = [upload(predictor), segment(predictor), download(predictor)]
+    locate, track = cue_stages(predictor, cues, workers=workers.locate)
+    device_stages = [upload(predictor), segment(predictor, into=locate.fn.arena),
+                     download(predictor)]  # fmt: skip
     _alone(device_stages, batches[:1], monitor)
     alone["device"] = _alone(device_stages, batches, monitor)
     alone["engine"] = engine_only(predictor, batches[0])
-    locate, track = cue_stages(predictor, cues, workers=workers.locate)
     _alone([locate], batches[:1], monitor)  # warm-up: the video's field of view, found once
     alone["locate"] = _alone([locate], batches, monitor)
     alone["track"] = _alone([track], batches, monitor)

@@ -6,9 +6,12 @@ do not scale with cores; processes do. A ``CuePool`` keeps worker processes
 (``python -m surgseg.cue_workers``, one OpenCV thread each), started once and shared by every
 pipeline of the process:
 
-* each worker has a shared buffer (an anonymous ``memfd`` on Linux, else an unlinked
-  temporary file, mapped by both sides): a batch's masks and confidence maps are copied into
-  it (NumPy copies without holding the GIL), not pickled;
+* the pool has a ``SharedArena``, shared memory (an anonymous ``memfd`` on Linux, else an
+  unlinked temporary file) that every worker maps once: masks and confidence maps allocated
+  there (the segment stage writes its results there when the locate stage has worker
+  processes) reach the workers without a copy, by their offset;
+* any other array is copied into the worker's own shared buffer (NumPy copies without
+  holding the GIL), not pickled;
 * the request (offsets, shapes, the task and the cue options) and the answer (the
   ``Instrument``s) are small pickles over a socket pair;
 * a video's field of view is sent to a worker the first time that worker sees the video.
@@ -21,6 +24,8 @@ and are shut down at interpreter exit. Unix only (a file descriptor passes over 
 from __future__ import annotations
 
 import atexit
+import bisect
+import ctypes
 import mmap
 import os
 import pickle
@@ -33,7 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +55,7 @@ _LENGTH = struct.Struct("<Q")  # each message: its length, then a pickle
 _ALIGN = 64  # bytes: where each array starts in a worker's buffer
 _VIEWS_KEPT = 4  # fields of view a worker keeps (videos processed at once)
 _EXIT_WAIT_S = 5.0
+ARENA_BYTES = 256 << 20  # address space of the pool's arena: pages hold memory once written
 
 
 def _send(sock: socket.socket, message: Any) -> None:
@@ -88,9 +95,88 @@ def _shared_file(size: int) -> int:
     return fd
 
 
-def _array(buffer: mmap.mmap, where: tuple[int, tuple[int, ...], str]) -> np.ndarray:
-    offset, shape, dtype = where
-    return np.ndarray(shape, np.dtype(dtype), buffer=buffer, offset=offset)
+def _array(buffers: dict[str, mmap.mmap | None],
+           where: tuple[str, int, tuple[int, ...], str]) -> np.ndarray:  # fmt: skip
+    """The array at ``where`` (which buffer, offset, shape, dtype)."""
+    name, offset, shape, dtype = where
+    return np.ndarray(shape, np.dtype(dtype), buffer=buffers[name], offset=offset)
+
+
+class SharedArena:
+    """Shared memory that every cue worker maps once: an array allocated here reaches them by
+    its offset, without a copy.
+
+    ``empty`` hands out uint8 arrays; a slot goes back to the arena when the last array or
+    tensor viewing it is gone. When the arena is full, ``empty`` returns None (the caller then
+    allocates as usual, and the array is copied to the worker). Pages of memory are taken
+    when first written and kept for reuse.
+    """
+
+    def __init__(self, size: int = ARENA_BYTES):
+        self.size = size
+        self.fd = _shared_file(size)
+        self._map = mmap.mmap(self.fd, size)
+        self._address = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        self._free: list[tuple[int, int]] = [(0, size)]  # (offset, bytes), by offset
+        self._returned: deque[tuple[int, int]] = deque()  # slots given back, to join the free
+        self._lock = threading.Lock()
+        self._pinned: bool | None = None
+        self.misses = 0  # requests the arena could not serve
+
+    def empty(self, shape: Sequence[int], *, pinned: bool = False) -> np.ndarray | None:
+        """A uint8 array of ``shape`` in the arena, or None if it has no room (or, with
+        ``pinned``, if its memory cannot be page-locked for CUDA copies)."""
+        nbytes = max(-(-int(np.prod(shape)) // _ALIGN) * _ALIGN, _ALIGN)
+        if pinned and not self._pin():
+            return None
+        with self._lock:
+            while self._returned:
+                self._join(*self._returned.popleft())
+            i = next((i for i, (_, n) in enumerate(self._free) if n >= nbytes), None)
+            if i is None:
+                self.misses += 1
+                return None
+            offset, n = self._free[i]
+            if n == nbytes:
+                del self._free[i]
+            else:
+                self._free[i] = (offset + nbytes, n - nbytes)
+        array = np.ndarray(tuple(shape), np.uint8, buffer=self._map, offset=offset)
+        weakref.finalize(array, self._release, offset, nbytes)  # its views keep it alive
+        return array
+
+    def offset(self, array: np.ndarray) -> int | None:
+        """Where ``array`` starts in the arena, if it lies there whole and contiguous."""
+        if not array.flags.c_contiguous:
+            return None
+        start = array.__array_interface__["data"][0] - self._address
+        return start if start >= 0 and start + array.nbytes <= self.size else None
+
+    def _release(self, offset: int, nbytes: int) -> None:
+        # called by the garbage collector, maybe inside ``empty``: no lock taken here
+        self._returned.append((offset, nbytes))
+
+    def _join(self, offset: int, nbytes: int) -> None:
+        """Put a slot back in the free list (under the lock), joined to free neighbours."""
+        i = bisect.bisect(self._free, (offset, 0))
+        if i < len(self._free) and self._free[i][0] == offset + nbytes:  # the next one
+            nbytes += self._free.pop(i)[1]
+        if i > 0 and sum(self._free[i - 1]) == offset:  # the one before
+            offset, before = self._free.pop(i - 1)
+            nbytes += before
+            i -= 1
+        self._free.insert(i, (offset, nbytes))
+
+    def _pin(self) -> bool:
+        """Page-lock the whole arena for CUDA (once), so that copies from the device into it
+        run asynchronously; False if CUDA refuses."""
+        with self._lock:
+            if self._pinned is None:
+                import torch
+
+                status = torch.cuda.cudart().cudaHostRegister(self._address, self.size, 0)
+                self._pinned = int(status) == 0
+            return self._pinned
 
 
 class WorkerError(RuntimeError):
@@ -118,6 +204,7 @@ class _Worker:
             theirs.close()
         self.sock = ours
         self.buffer: mmap.mmap | None = None
+        self.has_arena = False
         self.broken = False
         self.ready = False
 
@@ -141,27 +228,38 @@ class _Worker:
             os.close(fd)
         self.buffer = buffer  # the old one is unmapped once nothing refers to it
 
+    def _share_arena(self, arena: SharedArena) -> None:
+        if not self.has_arena:
+            _send(self.sock, ("arena", arena.size))
+            socket.send_fds(self.sock, [b"F"], [arena.fd])
+            self.has_arena = True
+
     def locate(self, arrays: Sequence[tuple[np.ndarray, np.ndarray | None]], *, view_key: int,
-               view: FieldOfView, task: str,
-               params: dict[str, Any]) -> tuple[list[list[Instrument]], float]:  # fmt: skip
+               view: FieldOfView, task: str, params: dict[str, Any],
+               arena: SharedArena) -> tuple[list[list[Instrument]], float]:  # fmt: skip
         """``find_instruments`` of each (mask, confidence) in the worker: the instruments and
-        the worker's CPU seconds."""
+        the worker's CPU seconds. Arrays in ``arena`` are passed by offset; the others are
+        copied into the worker's buffer."""
         self.wait_ready()
-        frames, offset = [], 0
+        frames, copies, offset = [], [], 0
         for pair in arrays:
             frame = []
             for a in pair:
+                shared = None if a is None else arena.offset(a)
                 if a is None:
                     frame.append(None)
-                    continue
-                frame.append((offset, a.shape, a.dtype.str))
-                offset += -(-a.nbytes // _ALIGN) * _ALIGN
+                elif shared is not None:
+                    self._share_arena(arena)
+                    frame.append(("arena", shared, a.shape, a.dtype.str))
+                else:
+                    frame.append(("buffer", offset, a.shape, a.dtype.str))
+                    copies.append((a, frame[-1]))
+                    offset += -(-a.nbytes // _ALIGN) * _ALIGN
             frames.append(tuple(frame))
-        self._reserve(max(offset, 1))
-        for pair, frame in zip(arrays, frames, strict=True):
-            for a, where in zip(pair, frame, strict=True):
-                if a is not None:
-                    np.copyto(_array(self.buffer, where), a)  # without the GIL
+        if copies:
+            self._reserve(offset)
+            for a, where in copies:
+                np.copyto(_array({"buffer": self.buffer}, where), a)  # without the GIL
         request = ("locate", view_key, task, params, frames)
         _send(self.sock, request)
         kind, payload, cpu = _recv(self.sock)
@@ -188,10 +286,12 @@ class CuePool:
     """Worker processes running ``find_instruments``; each call takes a free worker (waiting
     for one if every worker is busy), so ``n`` calling threads need ``n`` workers.
 
+    ``arena`` is the shared memory every worker maps: arrays allocated there are not copied.
     ``cpu_s`` is the CPU time the workers spent on requests, for the benchmarks.
     """
 
     def __init__(self) -> None:
+        self.arena = SharedArena()
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -229,7 +329,7 @@ class CuePool:
         try:
             found, cpu = worker.locate(list(zip(masks, confidences, strict=True)),
                                        view_key=view_key, view=view, task=task,
-                                       params=params)  # fmt: skip
+                                       params=params, arena=self.arena)  # fmt: skip
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             worker.broken = True
             code = worker.process.poll()
@@ -265,6 +365,7 @@ class CuePool:
             workers, self._workers = self._workers, []
         for worker in workers:
             worker.close()
+        os.close(self.arena.fd)  # its memory stays mapped while arrays use it
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -312,7 +413,7 @@ def _serve(sock: socket.socket) -> None:
 
     cv2.setNumThreads(1)  # the processes are the parallelism
     _send(sock, ("ready",))
-    buffer: mmap.mmap | None = None
+    buffers: dict[str, mmap.mmap | None] = {"buffer": None, "arena": None}
     views: OrderedDict[int, FieldOfView] = OrderedDict()
     while True:
         try:
@@ -320,9 +421,9 @@ def _serve(sock: socket.socket) -> None:
         except (EOFError, OSError):
             return
         c0 = time.process_time()
-        if message[0] == "buffer":
+        if message[0] in buffers:  # ("buffer" or "arena", size), then its file descriptor
             _, fds, _, _ = socket.recv_fds(sock, 1, 1)
-            buffer = mmap.mmap(fds[0], message[1])
+            buffers[message[0]] = mmap.mmap(fds[0], message[1])
             os.close(fds[0])
         elif message[0] == "view":
             _, key, mask, shape = message
@@ -337,8 +438,8 @@ def _serve(sock: socket.socket) -> None:
                 continue
             views.move_to_end(key)
             try:
-                found = [find_instruments(_array(buffer, m), task=task, view=view,
-                                          confidence=None if c is None else _array(buffer, c),
+                found = [find_instruments(_array(buffers, m), task=task, view=view,
+                                          confidence=None if c is None else _array(buffers, c),
                                           **params) for m, c in frames]  # fmt: skip
                 reply: tuple = ("ok", found)
             except Exception as exc:

@@ -12,7 +12,9 @@ compute and the host overlap:
   cache, not allocated anew per batch) and copied to the device on a copy stream of its own;
 * ``launch``: on a compute stream of its own, waits for that copy (on the GPU, not the host),
   runs pre-processing, the engine and post-processing, and queues the copy of the uint8
-  results into pinned host memory; nothing here waits for the GPU;
+  results into pinned host memory; nothing here waits for the GPU. Given a
+  ``SharedArena`` (``into=``), the results land there instead (page-locked on CUDA), where the
+  cue worker processes read them without a copy;
 * ``download``: one synchronization per batch (the results' event), then numpy views.
 
 ``predict`` chains the three for callers with numpy frames; ``predict_torch`` is the torch
@@ -21,10 +23,10 @@ core for callers with tensors already on the device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +35,9 @@ import torch.nn.functional as F
 from surgseg.checkpoint import CheckpointMeta, load_checkpoint
 from surgseg.engines import Engine, create_engine
 from surgseg.preprocess import Preprocess, check_input_size
+
+if TYPE_CHECKING:
+    from surgseg.cue_workers import SharedArena
 
 
 @dataclass
@@ -166,16 +171,24 @@ class Predictor:
         return Uploaded(on_device, ready)
 
     @torch.inference_mode()
-    def launch(self, batch: Uploaded) -> Pending:
-        """Queue segmentation of an uploaded batch and the copy of its results to the host."""
-        if self._compute is None:
-            labels, conf = self.predict_torch(batch.frames)
+    def launch(self, batch: Uploaded, *, into: SharedArena | None = None) -> Pending:
+        """Queue segmentation of an uploaded batch and the copy of its results to the host
+        (into ``into``'s shared memory where it has room, else into memory of torch's)."""
+        cuda = self._compute is not None
+
+        def host(shape: torch.Size) -> torch.Tensor:
+            shared = None if into is None else into.empty(shape, pinned=cuda)
+            if shared is not None:
+                return torch.from_numpy(shared)
+            return torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
+
+        if not cuda:
+            labels, conf = self.predict_torch(batch.frames, out=host)
             return Pending(labels, conf)
         with torch.cuda.stream(self._compute):
             self._compute.wait_event(batch.ready)
             labels, conf = self.predict_torch(batch.frames)
-            host_labels = torch.empty(labels.shape, dtype=torch.uint8, pin_memory=True)
-            host_conf = torch.empty(conf.shape, dtype=torch.uint8, pin_memory=True)
+            host_labels, host_conf = host(labels.shape), host(conf.shape)
             host_labels.copy_(labels, non_blocking=True)
             host_conf.copy_(conf, non_blocking=True)
             done = torch.cuda.Event()
@@ -191,9 +204,12 @@ class Predictor:
         return self.geometry(frames)
 
     @torch.inference_mode()
-    def predict_torch(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_torch(
+        self, frames: torch.Tensor, *, out: Callable[[torch.Size], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 NHWC frames on the device → (labels uint8 NHW, confidence uint8 NHW), the
-        confidence being the winning class's softmax probability × 255, rounded."""
+        confidence being the winning class's softmax probability × 255, rounded. ``out``, if
+        given, makes the uint8 tensors (of a shape) the results are written into."""
         logits = self.engine.infer(self.preprocess(frames))
         if logits.device.type == "cpu" or logits.dtype == torch.float64:
             logits = logits.float()  # half-precision interpolation is a GPU kernel
@@ -203,4 +219,7 @@ class Predictor:
         top, labels = logits.max(dim=1)
         # softmax of the winner: 1 / Σ exp(logit − top), in float32 whatever the logits' type
         conf = torch.exp(logits.float() - top.float().unsqueeze(1)).sum(dim=1).reciprocal_()
-        return labels.to(torch.uint8), conf.mul_(255).round_().to(torch.uint8)
+        conf = conf.mul_(255).round_()
+        if out is None:
+            return labels.to(torch.uint8), conf.to(torch.uint8)
+        return out(labels.shape).copy_(labels), out(conf.shape).copy_(conf)

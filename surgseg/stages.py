@@ -11,7 +11,9 @@ Offline processing (``surgseg.infer``), live streaming (``surgseg.live``) and th
 Stages marked (k) are stateless per frame and run on ``workers`` threads with results put
 back in frame order: render in those threads (OpenCV releases the GIL for its heavy work),
 locate in as many worker processes driven by them (``surgseg.cue_workers``: the cue
-geometry holds the GIL for about half of its time, so threads of it would not scale). The
+geometry holds the GIL for about half of its time, so threads of it would not scale; the
+segment stage then writes its results into the workers' shared arena, read there without a
+copy). The
 tracker and the muxers are stateful and run in one thread each. Frames travel in ``Batch``es of
 ``batch_size``.
 """
@@ -31,7 +33,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from surgseg.atomic import Output
-from surgseg.cue_workers import shared_pool
+from surgseg.cue_workers import SharedArena, shared_pool
 from surgseg.cues import FieldOfView, Instrument, find_instruments
 from surgseg.decode import Frame, VideoInfo
 from surgseg.errors import ConfigError
@@ -124,11 +126,12 @@ def upload(predictor: Predictor) -> Stage:
     return Stage("upload", run)
 
 
-def segment(predictor: Predictor) -> Stage:
-    """Queue pre-processing, the engine and post-processing of an uploaded batch."""
+def segment(predictor: Predictor, *, into: SharedArena | None = None) -> Stage:
+    """Queue pre-processing, the engine and post-processing of an uploaded batch, the results
+    to land in ``into`` (the cue workers' shared memory) if given."""
 
     def run(batch: Batch) -> Batch:
-        batch.pending = predictor.launch(batch.uploaded)
+        batch.pending = predictor.launch(batch.uploaded, into=into)
         batch.uploaded = None
         return batch
 
@@ -156,7 +159,8 @@ class Locate:
     With ``processes`` (by default when ``workers`` > 1) the geometry runs in the worker
     processes of ``surgseg.cue_workers`` (masks passed through shared memory, results
     identical): ``find_instruments`` holds the GIL for about half of its time, so threads
-    of it do not scale. Each of the stage's ``workers`` threads then drives one process. With
+    of it do not scale. Each of the stage's ``workers`` threads then drives one process, and
+    ``arena`` is where the segment stage should leave the masks for them (else None). With
     one worker it runs in the stage's thread, with nothing to copy.
     """
 
@@ -169,6 +173,7 @@ class Locate:
         self._view_key = next(_VIEW_KEYS)
         self.processes = workers > 1 if processes is None else processes
         self._pool = shared_pool(workers) if self.processes else None  # started now
+        self.arena = None if self._pool is None else self._pool.arena
 
     def _view(self, image: np.ndarray) -> FieldOfView:
         with self._view_lock:
@@ -371,8 +376,9 @@ def segmentation_pipeline(
     dropped). Iterate it for the written batches, in frame order; ``outputs`` None stops
     after the track stage."""
     workers = workers or Workers()
-    stages = [upload(predictor), segment(predictor), download(predictor),
-              *cue_stages(predictor, cues, workers=workers.locate)]  # fmt: skip
+    locate, track = cue_stages(predictor, cues, workers=workers.locate)
+    stages = [upload(predictor), segment(predictor, into=locate.fn.arena),
+              download(predictor), locate, track]  # fmt: skip
     if outputs is not None:
         stages += write_stages(outputs, workers=workers.render)
     for stage in stages:

@@ -396,6 +396,89 @@ def test_worker_processes_find_exactly_what_the_caller_would(task):
     assert sum(len(f) for f in found) >= 10
 
 
+def test_the_arena_takes_a_slot_back_when_its_last_view_is_gone():
+    """``SharedArena.empty`` hands out slots of shared memory; a slot returns when nothing
+    views it any more (numpy views, torch tensors), free neighbours join, and a request it
+    cannot serve returns None. ``offset`` finds only whole contiguous arrays inside it."""
+    import gc
+
+    import torch
+
+    from surgseg.cue_workers import SharedArena
+
+    arena = SharedArena(4096)
+    a, b = arena.empty((10, 100)), arena.empty((2, 500))
+    assert (arena.offset(a), arena.offset(b)) == (0, 1024)  # 64-byte aligned
+    assert arena.offset(a[3]) == 300 and arena.offset(a[:, 1]) is None
+    assert arena.offset(np.zeros(10, np.uint8)) is None
+    assert arena.empty((4096,)) is None and arena.misses == 1
+    row, tensor = a[2], torch.from_numpy(b)
+    del a, b
+    gc.collect()
+    assert arena.empty((3000,)) is None  # both still viewed
+    del row
+    gc.collect()
+    c = arena.empty((1000,))
+    assert arena.offset(c) == 0  # a's slot, free again
+    del tensor, c
+    gc.collect()
+    assert arena.offset(arena.empty((4096,))) == 0  # the slots joined into one
+
+
+@time_limit()
+def test_masks_in_the_arena_reach_a_worker_without_a_copy():
+    """A worker reads masks allocated in the pool's arena where they are (its own buffer is
+    never made); others are copied into its buffer; both give ``find_instruments``' result."""
+    from surgseg.cue_workers import CuePool
+    from surgseg.cues import FieldOfView, find_instruments
+
+    frames, confidence = _parts_masks(2, seed=4)
+    view = FieldOfView.from_image(frames[0].image)
+    pool = CuePool()
+    try:
+        pool.reserve(1)
+        masks = [pool.arena.empty(f.parts.shape) for f in frames]
+        confs = [pool.arena.empty(c.shape) for c in confidence]
+        for m, c, f, conf in zip(masks, confs, frames, confidence, strict=True):
+            m[...], c[...] = f.parts, conf
+        shared, _ = pool.locate(masks, confs, view=view, view_key=0, task="parts")
+        worker = pool._workers[0]
+        assert worker.has_arena and worker.buffer is None
+        copied, _ = pool.locate([f.parts for f in frames], confidence, view=view, view_key=0,
+                                task="parts")  # fmt: skip
+        assert worker.buffer is not None
+    finally:
+        pool.close()
+    expected = [find_instruments(f.parts, task="parts", confidence=c, view=view)
+                for f, c in zip(frames, confidence, strict=True)]  # fmt: skip
+    assert shared == copied == expected and sum(map(len, expected)) >= 2
+
+
+@time_limit()
+def test_the_segment_stage_leaves_masks_where_the_workers_read_them(make_checkpoint):
+    """With worker processes finding the instruments, the offline pipeline's segment stage
+    writes each batch's masks and confidence maps into their shared arena (nothing is copied
+    on the way to them); with one worker, in ordinary memory."""
+    from surgseg.cue_workers import shared_pool
+    from surgseg.options import CueOptions, Workers
+    from surgseg.predictor import Predictor
+    from surgseg.stages import segmentation_pipeline
+
+    frames, _ = _parts_masks(5, seed=2, size=(96, 64))
+    predictor = Predictor.from_checkpoint(make_checkpoint("parts"))
+    arena = shared_pool(2).arena
+    for k in (2, 1):
+        pipe = segmentation_pipeline([_frame(i, f.image) for i, f in enumerate(frames)],
+                                     predictor=predictor, cues=CueOptions(), outputs=None,
+                                     batch_size=2, workers=Workers(locate=k, render=1))
+        out = list(pipe)
+        assert sum(len(b) for b in out) == 5
+        assert all(len(found) == len(b) for b in out for found in [b.instruments])
+        shared = {arena.offset(a) is not None
+                  for b in out for p in b.predictions for a in (p.mask, p.confidence)}
+        assert shared == {k == 2}
+
+
 def _frame(index: int, image):
     from surgseg.decode import Frame
 

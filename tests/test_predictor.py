@@ -100,24 +100,61 @@ def test_normalization_tensors_are_built_once_per_device(make_checkpoint, monkey
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_nothing_synchronizes_outside_download(make_checkpoint):
+@pytest.mark.parametrize("shared", [False, True])
+def test_nothing_synchronizes_outside_download(make_checkpoint, shared):
     """At most one synchronization per batch, in ``download``: ``upload`` and ``launch`` run
     under ``torch.cuda.set_sync_debug_mode("error")``, which raises on any synchronizing call
-    (a blocking copy, ``.item()``, a stream or device synchronize)."""
+    (a blocking copy, ``.item()``, a stream or device synchronize). With a shared arena the
+    results land there, page-locked, without a blocking copy either."""
+    from surgseg.cue_workers import SharedArena
+
     predictor = Predictor.from_checkpoint(make_checkpoint("parts"), device="cuda")
+    arena = SharedArena(1 << 20) if shared else None
     rng = np.random.default_rng(4)
     frames = [rng.integers(0, 256, (72, 96, 3), dtype=np.uint8) for _ in range(4)]
     reference = predictor.predict(frames)  # warm-up: kernels chosen, caches and buffers made
+    predictor.download(predictor.launch(predictor.upload(frames), into=arena))
     previous = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        pending = [predictor.launch(predictor.upload(frames)) for _ in range(3)]
+        pending = [predictor.launch(predictor.upload(frames), into=arena) for _ in range(3)]
     finally:
         torch.cuda.set_sync_debug_mode(previous)
     for batch in pending:
         for got, ref in zip(predictor.download(batch), reference, strict=True):
             np.testing.assert_array_equal(got.mask, ref.mask)
             np.testing.assert_array_equal(got.confidence, ref.confidence)
+            if shared:
+                assert arena.offset(got.mask) is not None
+                assert arena.offset(got.confidence) is not None
+
+
+def test_results_land_in_a_shared_arena_where_it_has_room(make_checkpoint):
+    """``launch(into=arena)`` writes the uint8 results straight into the arena (where the cue
+    workers read them without a copy), equal to those in torch's memory; with no room left
+    they come back in torch's memory, still equal."""
+    import gc
+
+    from surgseg.cue_workers import SharedArena
+
+    predictor = Predictor.from_checkpoint(make_checkpoint("parts"))
+    rng = np.random.default_rng(6)
+    frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
+    reference = predictor.predict(frames)
+    arena = SharedArena(2 * 3 * 40 * 64)  # room for one batch's mask and confidence
+    kept = predictor.download(predictor.launch(predictor.upload(frames), into=arena))
+    full = predictor.download(predictor.launch(predictor.upload(frames), into=arena))
+    for got, spilled, ref in zip(kept, full, reference, strict=True):
+        assert arena.offset(got.mask) is not None and arena.offset(got.confidence) is not None
+        assert arena.offset(spilled.mask) is None and arena.offset(spilled.confidence) is None
+        for result in (got, spilled):
+            np.testing.assert_array_equal(result.mask, ref.mask)
+            np.testing.assert_array_equal(result.confidence, ref.confidence)
+    assert arena.misses >= 1
+    del kept, got, result
+    gc.collect()  # the last view of the first batch is gone: its slots are free again
+    again = predictor.download(predictor.launch(predictor.upload(frames), into=arena))
+    assert arena.offset(again[0].mask) is not None
 
 
 def test_an_input_size_override_reaches_the_engine(make_checkpoint, monkeypatch):
