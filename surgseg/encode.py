@@ -83,12 +83,15 @@ class VideoWriter(Output):
         """Encode one frame. ``pts`` is in ``time_base`` units; by default frames are evenly
         spaced."""
         pts = self._next_pts if pts is None else int(pts)
-        image = np.ascontiguousarray(image)
+        # The frame wraps an array of its own (PyAV's from_ndarray copies row by row holding
+        # the GIL: 0.3 ms per 960×540 overlay, 6 ms per 1080p RGB frame); the encoder may keep
+        # it after this call, so it is never the caller's array.
         if self._pix_fmt == "yuv420p":
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
-            frame = av.VideoFrame.from_ndarray(image, format="yuv420p")
+            own = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420)
+            frame = av.VideoFrame.from_numpy_buffer(own, format="yuv420p")
         else:
-            frame = av.VideoFrame.from_ndarray(image, format="gray" if self._gray else "rgb24")
+            own = np.array(image, order="C")  # a copy, made without the GIL
+            frame = av.VideoFrame.from_numpy_buffer(own, format="gray" if self._gray else "rgb24")
         frame.pts, frame.time_base = pts, self.time_base
         self._container.mux(self._stream.encode(frame))
         self._next_pts = pts + 1
