@@ -55,6 +55,7 @@ _LENGTH = struct.Struct("<Q")  # each message: its length, then a pickle
 _ALIGN = 64  # bytes: where each array starts in a worker's buffer
 _VIEWS_KEPT = 4  # fields of view a worker keeps (videos processed at once)
 _EXIT_WAIT_S = 5.0
+_CUDA_HOST_REGISTER_PORTABLE = 1  # pinned for every CUDA context, whichever device asks
 ARENA_BYTES = 256 << 20  # address space of the pool's arena: pages hold memory once written
 
 
@@ -174,8 +175,15 @@ class SharedArena:
             if self._pinned is None:
                 import torch
 
-                status = torch.cuda.cudart().cudaHostRegister(self._address, self.size, 0)
-                self._pinned = int(status) == 0
+                status: list[int] = []
+                # in a thread of its own: a refusal leaves CUDA's last error set in the thread
+                # that asked, where torch's next kernel launch check would raise it
+                register = torch.cuda.cudart().cudaHostRegister
+                asking = threading.Thread(target=lambda: status.append(int(register(
+                    self._address, self.size, _CUDA_HOST_REGISTER_PORTABLE))))  # fmt: skip
+                asking.start()
+                asking.join()
+                self._pinned = status == [0]
             return self._pinned
 
 

@@ -425,6 +425,33 @@ def test_the_arena_takes_a_slot_back_when_its_last_view_is_gone():
     assert arena.offset(arena.empty((4096,))) == 0  # the slots joined into one
 
 
+@pytest.mark.parametrize("status", [0, 712])  # cudaSuccess; cudaErrorHostMemoryAlreadyRegistered
+def test_the_arena_is_page_locked_once_for_cuda_or_not_used(monkeypatch, status):
+    """For CUDA copies the whole arena is registered once (portable, in a thread of its own,
+    so that a refusal's error state stays there); if CUDA refuses, pinned requests get None
+    (the caller falls back to torch's pinned memory) and plain ones are still served."""
+    from surgseg.cue_workers import SharedArena
+
+    calls = []
+
+    class Cudart:
+        def cudaHostRegister(self, address, size, flags):
+            calls.append((address, size, flags, threading.get_ident()))
+            return status
+
+    monkeypatch.setattr(torch.cuda, "cudart", Cudart)
+    arena = SharedArena(1 << 16)
+    first, second = arena.empty((8, 8), pinned=True), arena.empty((8, 8), pinned=True)
+    assert len(calls) == 1 and calls[0][1:3] == (1 << 16, 1)
+    assert calls[0][3] != threading.get_ident()
+    assert calls[0][0] == arena._address
+    if status == 0:
+        assert arena.offset(first) == 0 and arena.offset(second) == 64
+    else:
+        assert first is None and second is None
+    assert arena.offset(arena.empty((8, 8))) is not None
+
+
 @time_limit()
 def test_masks_in_the_arena_reach_a_worker_without_a_copy():
     """A worker reads masks allocated in the pool's arena where they are (its own buffer is
