@@ -384,9 +384,12 @@ def bench(
         held_frames: frames kept in memory for the stage-alone runs after decode
             (memory: held_frames × frame size × about 2).
         flops: also count the model's FLOPs and measure the matmul roof.
+        cues: without ``refine_tips`` (its second pass of the model is not a stage timed here).
 
     Returns a JSON-ready dict (see docs/streaming.md).
     """
+    if cues is not None and cues.refine_tips:
+        raise ValueError("bench times the pipeline without cues.refine_tips")
     load_before = [round(v, 2) for v in os.getloadavg()]  # ours included: nothing started yet
     video, out_dir = Path(video), Path(out_dir)
     outputs = outputs or OutputOptions()

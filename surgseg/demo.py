@@ -108,6 +108,7 @@ def evaluate_run(run_dir: Path, clip: SyntheticClip, *, task: str, cues: CueOpti
         "binary": binary_metrics.compute(),
         "task_metrics": task_metrics.compute(),
         "class_names": list(names),
+        "refine_tips": cues.refine_tips,
         "cues_written": _written_cue_errors(run_dir, clip),
         "cues_from_model": _cue_errors_for(predicted, clip, task, view, cues),
         "cues_from_ground_truth": _cue_errors_for(truth_masks, clip, task, view, cues),
@@ -152,9 +153,11 @@ def write_report(path: Path, result: dict, *, context: dict[str, Any]) -> None:
         "",
         "Definitions: README, section \"Pose cues\". *Written*: the cues in "
         "`heldout/cues.jsonl`, found on the model's masks with its confidence map (each tip "
-        "read out to where the instrument's probability falls below 0.2) and crossing or "
-        "touching instruments split at their entries. *Model masks alone*: found again on "
-        "the written masks without the confidence map.",
+        "read out to where the instrument's probability falls below 0.2"
+        + ("; read from the model's segmentation of a crop around it at twice the scale, "
+           "`cues.refine_tips`" if result.get("refine_tips") else "")
+        + ") and crossing or touching instruments split at their entries. *Model masks "
+        "alone*: found again on the written masks without the confidence map.",
         "",
         "| from | instruments matched | tip error median (px) | tip error p90 (px) "
         "| axis error median (°) | axis error p90 (°) |",

@@ -38,6 +38,7 @@ from surgseg.options import CueOptions, Workers
 from surgseg.pipeline import Pipeline, Stage
 from surgseg.predictor import Prediction, Predictor
 from surgseg.stages import Batch, cue_stages, model_record, predict
+from surgseg.tip_refine import check_engine
 
 DROP_POLICIES = ("keep_latest", "drop_new")
 
@@ -135,6 +136,8 @@ class LiveStream:
             isinstance(max_age, bool) or not isinstance(max_age, int | float) or not max_age >= 0
         ):
             raise ConfigError(f"max_age must be null or a number ≥ 0, got {max_age!r}")
+        if cues is not None and cues.refine_tips:
+            check_engine(predictor)
         self.video = Path(video)
         self.predictor = predictor
         self.realtime = realtime

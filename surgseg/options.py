@@ -63,6 +63,10 @@ class CueOptions:
     tip_probability: float | None = _opt(0.2, "extend the tip over background pixels whose "
                                               "instrument probability is at least this (the "
                                               "confidence map); null: the mask's tip")
+    refine_tips: bool = _opt(False, "read each tip from the model run again on a crop around it "
+                                    "at twice the first pass's scale (one 160×160 inference "
+                                    "per instrument; torch, or onnxruntime with a dynamic "
+                                    "export)")
 
     def __post_init__(self) -> None:
         for key, what, ok in _CUE_RANGES:

@@ -13,8 +13,9 @@ back in frame order: render in those threads (OpenCV releases the GIL for its he
 locate in as many worker processes driven by them (``surgseg.cue_workers``: the cue
 geometry holds the GIL for about half of its time, so threads of it would not scale; the
 segment stage then writes its results into the workers' shared arena, read there without a
-copy). The
-tracker and the muxers are stateful and run in one thread each. Frames travel in ``Batch``es of
+copy). The tracker and the muxers are stateful and run in one thread each. With
+``cues.refine_tips`` a refine_tips stage follows locate: the model on a crop around each tip,
+then the geometry again (``surgseg.tip_refine``). Frames travel in ``Batch``es of
 ``batch_size``.
 """
 
@@ -48,6 +49,7 @@ from surgseg.sinks import (
     open_mask_writer,
 )
 from surgseg.tasks import palette
+from surgseg.tip_refine import crop_predictor, refine
 from surgseg.tracking import Smoothing, Tracker
 
 
@@ -184,19 +186,46 @@ class Locate:
             return self.view
 
     def __call__(self, batch: Batch) -> Batch:
+        batch.found = self.find(batch.predictions, batch.frames[0].image)
+        return batch
+
+    def find(self, predictions: Sequence[Prediction],
+             image: np.ndarray) -> list[list[Instrument]]:  # fmt: skip
+        """The instruments of each prediction of one video (``image``: one of its frames)."""
         o = self.options
-        view = self._view(batch.frames[0].image)
+        view = self._view(image)
         params = {"min_area": o.min_area, "border_band": o.border_band, "tip_band": o.tip_band,
                   "split": o.split, "tip_probability": o.tip_probability}  # fmt: skip
         if self._pool is None:
-            batch.found = [find_instruments(p.mask, task=self.task, confidence=p.confidence,
-                                            view=view, **params)
-                           for p in batch.predictions]  # fmt: skip
-            return batch
-        batch.found, cpu = self._pool.locate(
-            [p.mask for p in batch.predictions], [p.confidence for p in batch.predictions],
+            return [find_instruments(p.mask, task=self.task, confidence=p.confidence,
+                                     view=view, **params)
+                    for p in predictions]  # fmt: skip
+        found, cpu = self._pool.locate(
+            [p.mask for p in predictions], [p.confidence for p in predictions],
             view=view, view_key=self._view_key, task=self.task, **params)  # fmt: skip
         charge_cpu(cpu)  # the worker process's CPU time counts as the stage's
+        return found
+
+
+class RefineTips:
+    """Cues found again with each tip read from the model's segmentation of a crop around it
+    (``surgseg.tip_refine``; ``cues.refine_tips``): a device step, then the locate stage's
+    geometry on the refined masks (in its worker processes, through their arena)."""
+
+    def __init__(self, predictor: Predictor, locate: Locate):
+        self.crops = crop_predictor(predictor)
+        self.input_size = predictor.input_size
+        self.locate = locate
+
+    def _empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        shared = None if self.locate.arena is None else self.locate.arena.empty(shape)
+        return np.empty(shape, np.uint8) if shared is None else shared
+
+    def __call__(self, batch: Batch) -> Batch:
+        images = [f.image for f in batch.frames]
+        refined = refine(images, batch.predictions, batch.found, crops=self.crops,
+                         first_input_size=self.input_size, empty=self._empty)  # fmt: skip
+        batch.found = self.locate.find(refined, images[0])
         return batch
 
 
@@ -218,11 +247,13 @@ class Track:
 def cue_stages(predictor: Predictor, options: CueOptions, *, workers: int, queue_size: int = 2,
                processes: bool | None = None) -> list[Stage]:  # fmt: skip
     """The locate (k workers: threads driving as many worker processes when k > 1, unless
-    ``processes`` is False) and track stages."""
+    ``processes`` is False), refine_tips (with ``options.refine_tips``) and track stages."""
     locate = Locate(task=predictor.meta.task, options=options, workers=workers,
                     processes=processes)  # fmt: skip
-    return [Stage("locate", locate, queue_size, workers=workers),
-            Stage("track", Track(options), queue_size)]  # fmt: skip
+    stages = [Stage("locate", locate, queue_size, workers=workers)]
+    if options.refine_tips:
+        stages.append(Stage("refine_tips", RefineTips(predictor, locate), queue_size))
+    return [*stages, Stage("track", Track(options), queue_size)]
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -376,9 +407,9 @@ def segmentation_pipeline(
     dropped). Iterate it for the written batches, in frame order; ``outputs`` None stops
     after the track stage."""
     workers = workers or Workers()
-    locate, track = cue_stages(predictor, cues, workers=workers.locate)
-    stages = [upload(predictor), segment(predictor, into=locate.fn.arena),
-              download(predictor), locate, track]  # fmt: skip
+    cue = cue_stages(predictor, cues, workers=workers.locate)
+    stages = [upload(predictor), segment(predictor, into=cue[0].fn.arena),
+              download(predictor), *cue]  # fmt: skip
     if outputs is not None:
         stages += write_stages(outputs, workers=workers.render)
     for stage in stages:

@@ -90,8 +90,17 @@ def test_mistakes_found_late_before_leave_nothing_behind(make_checkpoint, tmp_pa
     noise = tmp_path / "noise.onnx.bin"
     noise.write_bytes(np.random.default_rng(0).bytes(4000))
     (tmp_path / "cwd").mkdir()
+    from surgseg.checkpoint import load_checkpoint
+    from surgseg.export import export_onnx
+
+    model, meta = load_checkpoint(ckpt)
+    static = export_onnx(model, tmp_path / "static.onnx", meta=meta, dynamic=False)
     infer = ("infer", f"input={video}", f"checkpoint={ckpt}")
+    fixed = ("engine=onnxruntime", f"engine.onnx_path={static}", "cues.refine_tips=true")
     cases = [
+        ((*infer, *fixed), "cues.refine_tips needs an engine that runs any input size"),
+        (("stream", f"input={video}", f"checkpoint={ckpt}", *fixed), "cues.refine_tips needs"),
+        (("bench", f"input={video}", "cues.refine_tips=true"), "surgseg-bench times the pipel"),
         ((*infer, "engine=onnxruntime", f"engine.onnx_path={noise}"), "not an ONNX model"),
         ((*infer, "engine=onnxruntime", "engine.precision=fp8"), "engine.precision"),
         ((*infer, "outputs.overlay=maybe"), "outputs.overlay=maybe: Value 'maybe' is not a valid"),

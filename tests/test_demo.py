@@ -58,6 +58,9 @@ def test_tiny_demo_writes_everything(tmp_path):
     assert written["instruments"] == sum(len(r["instruments"]) for r in cues)
     assert "| written by the run |" in report and "`tip_in_view` false" in report
     assert "smoothed" not in written  # cues.smooth is off by default
+    # the demo reads its tips from a second look at each (cues.refine_tips), and says so
+    assert "refine_tips" in json.loads((tmp_path / "heldout" / "run.json").read_text())["stages"]
+    assert "`cues.refine_tips`" in report
 
     # The same command again, with a longer held-out clip and one training clip fewer: the
     # clips made otherwise are made again, only the clips named are trained on, and the
@@ -94,7 +97,8 @@ def test_training_clips_cross_when_asked(tmp_path):
     [("task=foo", "task must be one of"), ("heldout_frames=0", "heldout_frames"),
      ("train_crossings=2", "train_crossings"), ("input_size=5", "input_size"),
      ("crop_size=x", "crop_size"), ("val_clips=0", "val_clips"),
-     ("masks=jpg", "masks must be one of"), ("masks=null", "masks must be one of")],
+     ("masks=jpg", "masks must be one of"), ("masks=null", "masks must be one of"),
+     ("refine_tips=maybe", "refine_tips must be true or false")],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_any_data_is_made(override, needle, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -390,6 +390,7 @@ def test_a_given_onnx_file_must_load_and_match_the_precision(fp16_export, tmp_pa
         engine(fp16, "fp32")
     assert engine(fp16, "fp16").output_dtype == torch.float16
     assert engine(fp32, "fp32").output_dtype == torch.float32
+    assert engine(fp32, "fp32").any_input_size  # a dynamic export (cues.refine_tips)
 
 
 @pytest.fixture(scope="module")

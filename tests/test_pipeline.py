@@ -574,3 +574,36 @@ def test_infer_writes_the_same_outputs_with_one_and_two_workers(make_checkpoint,
     assert sum(len(json.loads(x)["instruments"]) for x in lines) > 0
     assert outputs[2]["cues"] == outputs[1]["cues"]
     assert len(outputs[1]["masks"]) == 9 and outputs[2]["masks"] == outputs[1]["masks"]
+
+
+@time_limit()
+def test_refined_tips_change_the_cues_not_the_masks(make_checkpoint, tmp_path):
+    """``cues.refine_tips=true`` adds the refine_tips stage: the masks written are the first
+    pass's, the same as without it, and every frame still has its cue line, read again."""
+    from hydra import compose, initialize_config_dir
+
+    from surgseg.apps import CONF_DIR
+    from surgseg.apps.infer import run
+    from surgseg.synthetic import write_clip
+
+    clip = write_clip(tmp_path / "clip", num_frames=6, width=320, height=256, seed=8,
+                      num_instruments=2) / "video.mp4"  # fmt: skip
+    checkpoint = make_checkpoint("parts")
+    written = {}
+    for refine in ("false", "true"):
+        overrides = [f"input={clip}", f"checkpoint={checkpoint}",
+                     f"output_dir={tmp_path}/{refine}", f"cues.refine_tips={refine}",
+                     "cues.min_area=1", "batch_size=4", "outputs.overlay=false",
+                     "progress=false"]  # fmt: skip
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("infer", overrides=overrides)
+        assert run(cfg).failed == []
+        out = tmp_path / refine / "video.mp4"
+        record = json.loads((out / "run.json").read_text())
+        assert ("refine_tips" in record["stages"]) == (refine == "true")
+        assert record["config"]["cues"]["refine_tips"] == (refine == "true")
+        lines = [json.loads(x) for x in (out / "cues.jsonl").read_text().splitlines()]
+        written[refine] = ({p.name: p.read_bytes() for p in (out / "masks").iterdir()}, lines)
+    assert written["true"][0] == written["false"][0] and len(written["true"][0]) == 6
+    assert [x["index"] for x in written["true"][1]] == list(range(6))
+    assert sum(len(x["instruments"]) for x in written["true"][1]) > 0  # crops were taken

@@ -87,10 +87,18 @@ def check_settings(cfg: DictConfig) -> Settings:
         torch_threads=optional["torch_threads"],
         standin_fps=None if cfg.standin_fps is None else _positive(cfg, "standin_fps"),
         flops=check_bool(cfg, "flops"),
-        cues=dataclass_from(CueOptions, cfg.cues, "cues"),
+        cues=_cues(cfg),
         outputs=dataclass_from(OutputOptions, cfg.outputs, "outputs"),
         workers=dataclass_from(Workers, cfg.workers, "workers"),
     )  # fmt: skip
+
+
+def _cues(cfg: DictConfig) -> CueOptions:
+    cues = dataclass_from(CueOptions, cfg.cues, "cues")
+    if cues.refine_tips:  # its crops are a second pass of the model, not a stage timed here
+        raise ConfigError("cues.refine_tips: surgseg-bench times the pipeline without it; "
+                          "surgseg-infer's run.json times a run with it")
+    return cues
 
 
 def _video(cfg: DictConfig) -> Path:

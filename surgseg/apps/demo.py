@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from surgseg.apps import (
     CONF_DIR,
+    check_bool,
     check_device,
     check_input_size,
     check_int,
@@ -67,6 +68,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"train_crossings must be a number from 0 to 1, got {crossings!r}")
     if cfg.masks not in MASK_FORMATS:  # the scoring reads the masks back
         raise ConfigError(f"masks must be one of {MASK_FORMATS}, got {cfg.masks!r}")
+    check_bool(cfg, "refine_tips")
 
 
 def _is_clip(folder: Path, settings: dict[str, Any]) -> bool:
@@ -169,6 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"device={cfg.device}",
             f"progress={cfg.progress}",
             f"outputs.masks={cfg.masks}",
+            f"cues.refine_tips={cfg.refine_tips}",
         ],
     )
     cues = dataclass_from(CueOptions, infer_cfg.cues, "cues")

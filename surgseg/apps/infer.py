@@ -100,6 +100,10 @@ def _process(
     if cluster is None:
         predictor = spec.build()
         model = spec.model_settings(predictor.meta)
+        if options["cues"].refine_tips:
+            from surgseg.tip_refine import check_engine
+
+            check_engine(predictor)
     elif (model := cluster.model_settings(spec)) is None:
         from surgseg.checkpoint import load_checkpoint
 

@@ -16,6 +16,7 @@ class Engine(ABC):
 
     name: str = "engine"
     device: torch.device = torch.device("cpu")
+    any_input_size: bool = False  # runs inputs of any height and width, not only its own
 
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,11 @@ class OnnxRuntimeEngine(Engine):
             ) from None
         self._run_options = ort.RunOptions()
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        self.input_name = self.session.get_inputs()[0].name
+        image = self.session.get_inputs()[0]
+        self.input_name = image.name
+        # a dynamic export (symbolic height and width), and no TensorRT profile to keep to
+        self.any_input_size = (not any(isinstance(d, int) for d in image.shape[2:])
+                               and "tensorrt" not in names)  # fmt: skip
         out = self.session.get_outputs()[0]
         self.output_name = out.name
         self.output_dtype = _ORT_TYPES.get(out.type, torch.float32)

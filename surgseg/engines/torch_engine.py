@@ -38,6 +38,7 @@ class TorchEngine(Engine):
     """
 
     name = "torch"
+    any_input_size = True
 
     def __init__(
         self,
