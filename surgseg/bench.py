@@ -66,8 +66,13 @@ from surgseg.stages import (
 )
 from surgseg.tasks import class_names
 
-CPU_STAGES = ("decode", "locate", "track", "render", "write")
 STAGES = ("decode", "device", "locate", "track", "render", "write")
+REFINE = "refine_tips"  # timed too with cues.refine_tips: the model on crops, then geometry
+
+
+def stages_of(alone: dict[str, Any]) -> tuple[str, ...]:
+    """The stages timed alone in a run, in pipeline order."""
+    return (*STAGES[:3], REFINE, *STAGES[3:]) if REFINE in alone else STAGES
 
 
 def random_predictor(
@@ -384,12 +389,12 @@ def bench(
         held_frames: frames kept in memory for the stage-alone runs after decode
             (memory: held_frames × frame size × about 2).
         flops: also count the model's FLOPs and measure the matmul roof.
-        cues: without ``refine_tips`` (its second pass of the model is not a stage timed here).
+        cues: with ``refine_tips``, that stage is timed alone too (not with a stand-in).
 
     Returns a JSON-ready dict (see docs/streaming.md).
     """
-    if cues is not None and cues.refine_tips:
-        raise ValueError("bench times the pipeline without cues.refine_tips")
+    if cues is not None and cues.refine_tips and isinstance(predictor, StandInPredictor):
+        raise ValueError("cues.refine_tips needs the model: not with a stand-in")
     load_before = [round(v, 2) for v in os.getloadavg()]  # ours included: nothing started yet
     video, out_dir = Path(video), Path(out_dir)
     outputs = outputs or OutputOptions()
@@ -417,7 +422,7 @@ def bench(
 
     # the device side (after one warm-up batch), then each CPU stage on its results
     batches = list(batched(held, batch_size))
-    locate, track = cue_stages(predictor, cues, workers=workers.locate)
+    locate, *refine, track = cue_stages(predictor, cues, workers=workers.locate)
     device_stages = [upload(predictor), segment(predictor, into=locate.fn.arena),
                      download(predictor)]  # fmt: skip
     _alone(device_stages, batches[:1], monitor)
@@ -425,6 +430,9 @@ def bench(
     alone["engine"] = engine_only(predictor, batches[0])
     _alone([locate], batches[:1], monitor)  # warm-up: the video's field of view, found once
     alone["locate"] = _alone([locate], batches, monitor)
+    if refine:
+        _alone(refine, batches[:1], monitor)  # warm-up: the crops' kernels
+        alone[REFINE] = _alone(refine, batches, monitor)
     alone["track"] = _alone([track], batches, monitor)
     opened = open_outputs(scratch / "alone", info=info, options=outputs, class_names=names)
     render, write = write_stages(opened, workers=workers.render)
@@ -516,13 +524,17 @@ def machine(device: torch.device, *, load_before: list[float]) -> dict[str, Any]
 def pipeline_bound(alone: dict[str, Any], *, cores: int) -> dict[str, Any]:
     """The end-to-end rate the resources allow: the device's rate alone, or the CPU's, cores ×
     1000 / the core-ms per frame of every stage (the device side included, for its host
-    work), whichever is lower."""
-    core_ms = sum(alone[s]["core_ms_per_frame"] for s in ("device", *CPU_STAGES))
+    work), whichever is lower. With refine_tips (one thread, the device and the cue geometry
+    in turn) its own rate alone is a third limit."""
+    core_ms = sum(alone[s]["core_ms_per_frame"] for s in stages_of(alone))
     cpu = cores * 1000 / core_ms if core_ms > 0 else float("inf")
-    device = alone["device"]["fps"]
-    return {"fps": round(min(device, cpu), 2), "device_fps": device, "cpu_fps": round(cpu, 2),
-            "core_ms_per_frame": round(core_ms, 3), "cores": cores,
-            "limited_by": "device" if device <= cpu else "cpu"}  # fmt: skip
+    limits = {"device": alone["device"]["fps"], "cpu": cpu}
+    if REFINE in alone:
+        limits[REFINE] = alone[REFINE]["fps"]
+    limited_by = min(limits, key=limits.get)
+    return {"fps": round(limits[limited_by], 2), "device_fps": limits["device"],
+            "cpu_fps": round(cpu, 2), "core_ms_per_frame": round(core_ms, 3), "cores": cores,
+            "limited_by": limited_by}  # fmt: skip
 
 
 def compute_floor(predictor: Predictor, model_ms_per_frame: float) -> dict[str, Any]:
@@ -565,11 +577,12 @@ def report_markdown(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """``bench.md``: the rates of every run, each stage's per-frame cost, and the machine, each
     table followed by a paragraph on how to read it (blank lines between blocks, or Markdown
     reads a paragraph right after a table as one more row)."""
+    names = _stage_names(runs)
     rates = ["run", "engine", "device", "batch", "input", "workers",
-             *(f"{s} fps" for s in STAGES), "engine-only fps", "e2e fps", "bound fps",
+             *(f"{s} fps" for s in names), "engine-only fps", "e2e fps", "bound fps",
              "e2e/bound", "e2e/model", "e2e p50/p99 ms", "peak RSS MB", "peak GPU MB",
              "GPU %", "% of roof"]  # fmt: skip
-    costs = ["run", *(f"{s} ms (core-ms)" for s in STAGES), "Σ core-ms"]
+    costs = ["run", *(f"{s} ms (core-ms)" for s in names), "Σ core-ms"]
     hosts = ["run", "CPU", "cores", "GPU", "load before (1/5/15 min)", "torch", "opencv",
              "av (libavcodec)"]  # fmt: skip
     rate_rows, cost_rows, host_rows = [], [], []
@@ -579,14 +592,16 @@ def report_markdown(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
         rate_rows.append([label, model["engine"], model["device"], r["batch_size"],
                           "×".join(map(str, model["input_size"])),
                           f"{r['workers']['locate']}/{r['workers']['render']}",
-                          *(alone[s]["fps"] for s in STAGES), alone["engine"]["fps"],
+                          *(alone[s]["fps"] if s in alone else None for s in names),
+                          alone["engine"]["fps"],
                           e2e["fps"], f"{bound['fps']} ({bound['limited_by']})",
                           r["end_to_end_vs_bound"], r.get("end_to_end_vs_model"),
                           f"{lat['p50']}/{lat['p99']}", e2e["peak_rss_mb"],
                           e2e["peak_gpu_mem_mb"], e2e["gpu_util_percent"],
                           r.get("compute", {}).get("percent_of_roof")])  # fmt: skip
         cost_rows.append([label, *(f"{alone[s]['ms_per_frame']} ({alone[s]['core_ms_per_frame']})"
-                                   for s in STAGES), bound["core_ms_per_frame"]])  # fmt: skip
+                                   if s in alone else None for s in names),
+                          bound["core_ms_per_frame"]])  # fmt: skip
         host = r.get("machine", {})
         software = host.get("software", {})
         load = host.get("load_avg_before")
@@ -617,7 +632,9 @@ def report_markdown(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-CHART_SERIES = (*STAGES, "engine only", "end to end", "bound")
+def _stage_names(runs: Sequence[tuple[str, dict[str, Any]]]) -> tuple[str, ...]:
+    """The stages timed alone in any of ``runs``, in pipeline order."""
+    return stages_of({name: None for _, r in runs for name in r["stages_alone"]})
 
 
 def _series(result: dict[str, Any], name: str) -> float:
@@ -626,7 +643,8 @@ def _series(result: dict[str, Any], name: str) -> float:
     elif name == "bound":
         value = result["bound"]["fps"]
     else:
-        value = result["stages_alone"]["engine" if name == "engine only" else name]["fps"]
+        stage = result["stages_alone"].get("engine" if name == "engine only" else name)
+        value = None if stage is None else stage["fps"]
     return float(value or 0.0)
 
 
@@ -644,12 +662,13 @@ def report_chart(runs: Sequence[tuple[str, dict[str, Any]]], *, headroom: float 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = {name: [_series(r, name) for _, r in runs] for name in CHART_SERIES}
+    series = (*_stage_names(runs), "engine only", "end to end", "bound")
+    values = {name: [_series(r, name) for _, r in runs] for name in series}
     reference = max([*values["end to end"], *values["bound"]], default=0.0)
     limit = headroom * (reference or max(max(v, default=0.0) for v in values.values()) or 1.0)
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.3 * len(CHART_SERIES) * len(runs)))
-    height = 0.8 / len(CHART_SERIES)
-    for i, name in enumerate(CHART_SERIES):
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.3 * len(series) * len(runs)))
+    height = 0.8 / len(series)
+    for i, name in enumerate(series):
         y = np.arange(len(runs)) + i * height
         shown = [min(v, limit) for v in values[name]]
         clipped = [v > limit for v in values[name]]

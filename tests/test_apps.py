@@ -100,7 +100,9 @@ def test_mistakes_found_late_before_leave_nothing_behind(make_checkpoint, tmp_pa
     cases = [
         ((*infer, *fixed), "cues.refine_tips needs an engine that runs any input size"),
         (("stream", f"input={video}", f"checkpoint={ckpt}", *fixed), "cues.refine_tips needs"),
-        (("bench", f"input={video}", "cues.refine_tips=true"), "surgseg-bench times the pipel"),
+        (("bench", f"input={video}", "cues.refine_tips=true", "standin_fps=100"),
+         "cues.refine_tips needs the model"),
+        (("bench", f"input={video}", f"checkpoint={ckpt}", *fixed), "cues.refine_tips needs"),
         ((*infer, "engine=onnxruntime", f"engine.onnx_path={noise}"), "not an ONNX model"),
         ((*infer, "engine=onnxruntime", "engine.precision=fp8"), "engine.precision"),
         ((*infer, "outputs.overlay=maybe"), "outputs.overlay=maybe: Value 'maybe' is not a valid"),

@@ -20,7 +20,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from surgseg.apps import CONF_DIR
 from surgseg.apps.bench import _standin, run
 from surgseg.bench import (
-    CPU_STAGES,
     STAGES,
     StandInPredictor,
     bench,
@@ -48,6 +47,37 @@ def clip(tmp_path_factory) -> Path:
     return write_clip(folder, num_frames=FRAMES, width=80, height=64, fps=25, seed=2) / "video.mp4"
 
 
+def test_a_second_look_at_the_tips_is_timed_as_a_stage_and_bounds_the_pipeline(
+        make_checkpoint, clip, tmp_path):  # fmt: skip
+    """With ``cues.refine_tips`` the refine_tips stage is timed alone (between locate and
+    track), counted in the CPU bound and, a single thread, a bound of its own; the report
+    gets its column; a stand-in cannot run it."""
+    from surgseg.options import CueOptions
+
+    predictor = Predictor.from_checkpoint(make_checkpoint("parts"))
+    cues = CueOptions(refine_tips=True, min_area=1)
+    result = bench(clip, predictor=predictor, out_dir=tmp_path, batch_size=4, held_frames=6,
+                   cues=cues, workers=Workers(1, 1), flops=False)  # fmt: skip
+    alone, bound = result["stages_alone"], result["bound"]
+    assert alone["refine_tips"]["frames"] == 6 and alone["refine_tips"]["fps"] > 0
+    assert result["end_to_end"]["stages"]["refine_tips"]["frames"] == FRAMES
+    core_ms = sum(alone[s]["core_ms_per_frame"] for s in (*STAGES, "refine_tips"))
+    assert bound["core_ms_per_frame"] == pytest.approx(core_ms, abs=1e-2)
+    limits = {"device": alone["device"]["fps"], "cpu": bound["cores"] * 1000 / core_ms,
+              "refine_tips": alone["refine_tips"]["fps"]}  # fmt: skip
+    assert bound["limited_by"] == min(limits, key=limits.get)
+    assert bound["fps"] == pytest.approx(min(limits.values()), rel=1e-2)
+    plain = bench(clip, predictor=predictor, out_dir=tmp_path, batch_size=4, held_frames=6,
+                  workers=Workers(1, 1), flops=False)  # fmt: skip
+    table = report_markdown([("refined", result), ("plain", plain)])
+    assert "| locate fps | refine_tips fps | track fps |" in table
+    assert "refine_tips ms (core-ms)" in table
+    first = next(iter(read_frames(clip))).image
+    standin = StandInPredictor(predictor.predict([first]), predictor.meta, fps=100)
+    with pytest.raises(ValueError, match="refine_tips needs the model"):
+        bench(clip, predictor=standin, out_dir=tmp_path, cues=cues)
+
+
 def test_bench_measures_every_stage_and_end_to_end(make_checkpoint, clip, tmp_path):
     predictor = Predictor.from_checkpoint(make_checkpoint())
     result = bench(clip, predictor=predictor, out_dir=tmp_path, batch_size=4, held_frames=6,
@@ -63,7 +93,7 @@ def test_bench_measures_every_stage_and_end_to_end(make_checkpoint, clip, tmp_pa
     assert e2e["frames"] == FRAMES
     assert e2e["stages"]["write"]["frames"] == FRAMES and e2e["stages"]["decode"]["items"] == 3
     bound = result["bound"]
-    core_ms = sum(alone[s]["core_ms_per_frame"] for s in ("device", *CPU_STAGES))
+    core_ms = sum(alone[s]["core_ms_per_frame"] for s in STAGES)
     assert bound["core_ms_per_frame"] == pytest.approx(core_ms, abs=1e-2)
     cpu = bound["cores"] * 1000 / core_ms
     assert bound["fps"] == pytest.approx(min(cpu, alone["device"]["fps"]), rel=1e-2)

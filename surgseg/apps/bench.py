@@ -95,9 +95,8 @@ def check_settings(cfg: DictConfig) -> Settings:
 
 def _cues(cfg: DictConfig) -> CueOptions:
     cues = dataclass_from(CueOptions, cfg.cues, "cues")
-    if cues.refine_tips:  # its crops are a second pass of the model, not a stage timed here
-        raise ConfigError("cues.refine_tips: surgseg-bench times the pipeline without it; "
-                          "surgseg-infer's run.json times a run with it")
+    if cues.refine_tips and cfg.standin_fps is not None:  # its crops need the model itself
+        raise ConfigError("cues.refine_tips needs the model: it cannot run with standin_fps")
     return cues
 
 
@@ -160,6 +159,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     predictor = _predictor(cfg)  # a bad checkpoint is one line, before any folder is made
+    if settings.cues.refine_tips:
+        from surgseg.tip_refine import check_engine
+
+        check_engine(predictor)
     claim_output_dir(cfg.output_dir)  # bench.md and bench.png are rebuilt there
     claim_output_dir(cfg.run_dir, key="run_dir")
     run_dir = Path(cfg.run_dir)
