@@ -9,8 +9,9 @@ of ``WINDOW`` of the crop's size around the tip by the crop's result. ``find_ins
 the result then reads every cue as before, the tips from the finer window.
 
 The masks a run writes stay those of the first pass; only the cue reading sees the refined
-ones. The cost is one ``INPUT`` × ``INPUT`` inference per instrument: about the whole
-first pass again at a 256×320 input with three instruments, 6 % of it at 1024×1280.
+ones. The cost is one ``INPUT`` × ``INPUT`` inference per instrument: with three
+instruments, in pixels fed to the model, about the whole first pass again at a 256×320 input,
+6 % of it at 1024×1280.
 """
 
 from __future__ import annotations
