@@ -253,10 +253,9 @@ class _Worker:
         for pair in arrays:
             frame = []
             for a in pair:
-                shared = None if a is None else arena.offset(a)
                 if a is None:
                     frame.append(None)
-                elif shared is not None:
+                elif (shared := arena.offset(a)) is not None:
                     self._share_arena(arena)
                     frame.append(("arena", shared, a.shape, a.dtype.str))
                 else:

@@ -217,14 +217,12 @@ class RefineTips:
         self.input_size = predictor.input_size
         self.locate = locate
 
-    def _empty(self, shape: tuple[int, ...]) -> np.ndarray:
-        shared = None if self.locate.arena is None else self.locate.arena.empty(shape)
-        return np.empty(shape, np.uint8) if shared is None else shared
-
     def __call__(self, batch: Batch) -> Batch:
         images = [f.image for f in batch.frames]
+        arena = self.locate.arena
         refined = refine(images, batch.predictions, batch.found, crops=self.crops,
-                         first_input_size=self.input_size, empty=self._empty)  # fmt: skip
+                         first_input_size=self.input_size,
+                         empty=None if arena is None else arena.empty)  # fmt: skip
         batch.found = self.locate.find(refined, images[0])
         return batch
 

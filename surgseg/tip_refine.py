@@ -73,12 +73,18 @@ def refine(
     *,
     crops: Predictor,
     first_input_size: Sequence[int],
-    empty: Callable[[tuple[int, ...]], np.ndarray] = np.empty,
+    empty: Callable[[tuple[int, ...]], np.ndarray | None] | None = None,
 ) -> list[Prediction]:
     """The predictions of a batch of frames with the window around each found tip taken from
     ``crops``' segmentation of a crop around it (all the batch's crops in one call).
-    Frames without instruments keep their prediction; the others get new arrays, from
-    ``empty``, and the given ones are left as they were."""
+    Frames without instruments keep their prediction; the others get new uint8 arrays, from
+    ``empty`` where it gives one (the cue workers' arena), and the given ones are left as
+    they were."""
+
+    def new(shape: tuple[int, ...]) -> np.ndarray:
+        made = None if empty is None else empty(shape)
+        return np.empty(shape, np.uint8) if made is None else made
+
     frame_size = images[0].shape[:2]
     geometry = TipCrop.for_frames(frame_size, first_input_size)
     (ch, cw), (rh, rw) = geometry.size, geometry.half_window
@@ -93,7 +99,7 @@ def refine(
         if not boxes:
             out.append(prediction)
             continue
-        mask, confidence = empty(prediction.mask.shape), empty(prediction.confidence.shape)
+        mask, confidence = new(prediction.mask.shape), new(prediction.confidence.shape)
         mask[...], confidence[...] = prediction.mask, prediction.confidence
         for inst, (y, x) in zip(frame, boxes, strict=True):
             crop = next(results)
