@@ -65,8 +65,8 @@ class CueOptions:
                                               "confidence map); null: the mask's tip")
     refine_tips: bool = _opt(False, "read each tip from the model run again on a crop around it "
                                     "at twice the first pass's scale (one 160×160 inference "
-                                    "per instrument; torch, or onnxruntime with a dynamic "
-                                    "export)")
+                                    "per instrument; torch, onnxruntime with a dynamic "
+                                    "export, or tensorrt with a profile for the crops)")
 
     def __post_init__(self) -> None:
         for key, what, ok in _CUE_RANGES:

@@ -11,7 +11,8 @@ the result then reads every cue as before, the tips from the finer window.
 The masks a run writes stay those of the first pass; only the cue reading sees the refined
 ones. The cost is one ``INPUT`` × ``INPUT`` inference per instrument: with three
 instruments, in pixels fed to the model, about the whole first pass again at a 256×320 input,
-6 % of it at 1024×1280.
+6 % of it at 1024×1280. A TensorRT engine runs the crops on an optimization profile of their
+own (``crop_profile``), which the apps add when ``cues.refine_tips`` is on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from surgseg.predictor import Prediction, Predictor
 INPUT = 160  # model pixels a side of a tip crop
 ZOOM = 2.0  # the crop's scale over the first pass's
 WINDOW = 0.3  # half-size of the window taken from the crop, as a share of the crop's size
+CROP_BATCH = 32  # the most crops of a TensorRT engine's crop profile
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,20 @@ class TipCrop:
                      for t, s, f in zip(tip[::-1], self.size, frame_size, strict=True))  # fmt: skip
 
 
+def crop_profile() -> dict[str, list[int]]:
+    """The TensorRT optimization profile for the crops (``engine.extra_profiles``): batches
+    of 1 to ``CROP_BATCH`` crops, tuned for half that."""
+    return {"min": [1, 3, INPUT, INPUT], "opt": [CROP_BATCH // 2, 3, INPUT, INPUT],
+            "max": [CROP_BATCH, 3, INPUT, INPUT]}  # fmt: skip
+
+
 def check_engine(predictor: Predictor) -> None:
     """A ConfigError unless ``predictor``'s engine runs inputs of the crops' size."""
-    if not getattr(predictor.engine, "any_input_size", False):
+    if predictor.engine.max_batch((INPUT, INPUT)) == 0:
         raise ConfigError(
-            f"cues.refine_tips needs an engine that runs any input size (torch, or onnxruntime "
-            f"with a dynamic ONNX export); {predictor.engine.name} runs only its own"
+            f"cues.refine_tips needs an engine that runs {INPUT}×{INPUT} crops (torch; "
+            f"onnxruntime with a dynamic ONNX export; tensorrt with the crops' profile, which "
+            f"the apps add); {predictor.engine.name} runs only its own input size"
         )
 
 
@@ -76,7 +86,8 @@ def refine(
     empty: Callable[[tuple[int, ...]], np.ndarray | None] | None = None,
 ) -> list[Prediction]:
     """The predictions of a batch of frames with the window around each found tip taken from
-    ``crops``' segmentation of a crop around it (all the batch's crops in one call).
+    ``crops``' segmentation of a crop around it (all the batch's crops in one call, or in as
+    few as the engine's ``max_batch`` for the crops allows).
     Frames without instruments keep their prediction; the others get new uint8 arrays, from
     ``empty`` where it gives one (the cue workers' arena), and the given ones are left as
     they were."""
@@ -93,7 +104,9 @@ def refine(
                for image, frame in zip(images, corners, strict=True) for y, x in frame]  # fmt: skip
     if not patches:
         return list(predictions)
-    results = iter(crops.predict(patches))
+    step = crops.engine.max_batch((INPUT, INPUT)) or len(patches)  # None: any number
+    chunks = [crops.predict(patches[i : i + step]) for i in range(0, len(patches), step)]
+    results = (result for chunk in chunks for result in chunk)
     out = []
     for prediction, frame, boxes in zip(predictions, found, corners, strict=True):
         if not boxes:

@@ -102,6 +102,9 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
                                "DLA_GLOBAL_DRAM TACTIC_DRAM TACTIC_SHARED_MEMORY")  # fmt: skip
     DeviceType = enum.Enum("DeviceType", "GPU DLA")
     TensorIOMode = enum.Enum("TensorIOMode", "NONE INPUT OUTPUT")
+    ExecutionContextAllocationStrategy = enum.Enum(
+        "ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED"
+    )
     DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32 BOOL UINT8 FP8 BF16 INT64 INT4")
     onnx_types = {
         onnx.TensorProto.FLOAT: DataType.FLOAT,
@@ -314,8 +317,8 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
             if network.strongly_typed and precision:
                 return None  # precision flags are an error on a strongly typed network
             dynamic = [n for n, (_, dims) in network.inputs.items() if -1 in dims]
-            shapes = {n: s for p in config.profiles for n, s in p.shapes.items()}
-            if not network.inputs or any(n not in shapes for n in dynamic):
+            profiles = [p.shapes for p in config.profiles]
+            if not network.inputs or any(n not in p for p in profiles or [{}] for n in dynamic):
                 return None  # nothing parsed, or a dynamic input without a profile
             if (
                 config.default_device_type == DeviceType.DLA
@@ -325,7 +328,7 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
             plan = {
                 "inputs": {n: [t.name, d] for n, (t, d) in network.inputs.items()},
                 "outputs": {n: [t.name, d] for n, (t, d) in network.outputs.items()},
-                "profile": shapes,
+                "profiles": profiles,
                 "strongly_typed": network.strongly_typed,
                 "tf32": any(f.name == "TF32" for f in config.flags),
                 "dla_core": config.DLA_core
@@ -337,17 +340,32 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
             return IHostMemory(FAKE_PLAN + f"{version}\n".encode() + json.dumps(plan).encode())
 
     class IExecutionContext:
-        __slots__ = ("addresses", "engine", "shapes")
+        __slots__ = ("addresses", "engine", "profile", "shapes")
 
         def __init__(self, engine):
-            self.engine, self.shapes, self.addresses = engine, {}, {}
+            self.engine, self.shapes, self.addresses, self.profile = engine, {}, {}, 0
+
+        def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+            if not all(isinstance(v, int) and not isinstance(v, bool)
+                       for v in (profile_index, stream_handle)):  # fmt: skip
+                raise TypeError("set_optimization_profile_async(profile_index: int, "
+                                "stream_handle: int)")  # fmt: skip
+            record.add("set_optimization_profile_async", profile_index, stream_handle)
+            # contexts in concurrent use must each have a profile of their own
+            taken = {c.profile for c in self.engine.contexts if c is not self}
+            if not 0 <= profile_index < self.engine.num_optimization_profiles or (
+                profile_index in taken
+            ):
+                return False
+            self.profile, self.shapes = profile_index, {}  # the input shapes are set again
+            return True
 
         def set_input_shape(self, name: str, shape) -> bool:
             shape = _dims(shape, "set_input_shape")
-            record.add("set_input_shape", name, shape)
+            record.add("set_input_shape", name, shape, self.profile)
             if record.reject_shape or name not in self.engine.plan["inputs"]:
                 return False
-            lo, _, hi = self.engine.plan["profile"][name]
+            lo, _, hi = self.engine.plan["profiles"][self.profile][name]
             if not all(a <= d <= c for a, d, c in zip(lo, shape, hi, strict=True)):
                 return False
             self.shapes[name] = shape
@@ -393,10 +411,14 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
             return torch.frombuffer(buffer, dtype=dtype).view(tuple(shape))
 
     class ICudaEngine:
-        __slots__ = ("plan",)
+        __slots__ = ("contexts", "plan")
 
         def __init__(self, plan: dict):
-            self.plan = plan
+            self.plan, self.contexts = plan, []
+
+        @property
+        def num_optimization_profiles(self) -> int:
+            return len(self.plan["profiles"])
 
         @property
         def num_io_tensors(self) -> int:
@@ -413,8 +435,16 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
         def get_tensor_dtype(self, name: str):
             return DataType[{**self.plan["inputs"], **self.plan["outputs"]}[name][0]]
 
-        def create_execution_context(self) -> IExecutionContext:
-            return IExecutionContext(self)
+        def create_execution_context(
+            self, strategy=ExecutionContextAllocationStrategy.STATIC
+        ) -> IExecutionContext:
+            if not isinstance(strategy, ExecutionContextAllocationStrategy):
+                raise TypeError("create_execution_context(strategy: "
+                                "ExecutionContextAllocationStrategy)")  # fmt: skip
+            record.add("create_execution_context", strategy.name)
+            context = IExecutionContext(self)  # profile 0 until another is selected
+            self.contexts.append(context)
+            return context
 
     class Runtime:
         __slots__ = ("_dla_core", "logger")
@@ -448,7 +478,8 @@ def fake_tensorrt(version: str, *, dla_cores: int = 0):
     module = types.ModuleType("tensorrt")
     module.__version__ = version
     for obj in (Logger, Builder, OnnxParser, Runtime, BuilderFlag, NetworkDefinitionCreationFlag,
-                MemoryPoolType, DeviceType, TensorIOMode, DataType):  # fmt: skip
+                MemoryPoolType, DeviceType, TensorIOMode, DataType,
+                ExecutionContextAllocationStrategy):  # fmt: skip
         setattr(module, obj.__name__, obj)
     module.IBuilderConfig, module.ICudaEngine = IBuilderConfig, ICudaEngine
     module.IExecutionContext, module.ITimingCache = IExecutionContext, ITimingCache
@@ -461,7 +492,7 @@ class CpuStream:
     HANDLE = 0x5EED
 
     def __init__(self, device) -> None:
-        self.device = device
+        self.device, self.handle = device, self.HANDLE
         self.ordered_calls: list[tuple] = []
 
     @contextmanager

@@ -98,7 +98,7 @@ def test_mistakes_found_late_before_leave_nothing_behind(make_checkpoint, tmp_pa
     infer = ("infer", f"input={video}", f"checkpoint={ckpt}")
     fixed = ("engine=onnxruntime", f"engine.onnx_path={static}", "cues.refine_tips=true")
     cases = [
-        ((*infer, *fixed), "cues.refine_tips needs an engine that runs any input size"),
+        ((*infer, *fixed), "cues.refine_tips needs an engine that runs 160×160 crops"),
         (("stream", f"input={video}", f"checkpoint={ckpt}", *fixed), "cues.refine_tips needs"),
         (("bench", f"input={video}", "cues.refine_tips=true", "standin_fps=100"),
          "cues.refine_tips needs the model"),

@@ -40,6 +40,7 @@ from surgseg.engines.cache import (
     build_once,
     cache_path,
     engine_cache_key,
+    profile_for,
     profile_shapes,
     rebuild_reason,
     sidecar_path,
@@ -187,9 +188,10 @@ KEY = dict(
     compute_capability=(9, 0),
     trt_version="10.9.0",
     precision="fp16",
-    profile=profile_shapes((1, 3, 512, 640), (1, 3, 512, 640), (8, 3, 512, 640)),
+    profiles=(profile_shapes((1, 3, 512, 640), (1, 3, 512, 640), (8, 3, 512, 640)),),
     onnx_sha256="ab" * 32,
 )
+CROPS = profile_shapes((1, 3, 160, 160), (16, 3, 160, 160), (32, 3, 160, 160))
 
 
 def test_cache_key_changes_with_every_field_and_only_then():
@@ -200,7 +202,7 @@ def test_cache_key_changes_with_every_field_and_only_then():
         compute_capability=(8, 9),
         trt_version="10.10.0",
         precision="int8",
-        profile=replace(KEY["profile"], max=(4, 3, 512, 640)),
+        profiles=(replace(KEY["profiles"][0], max=(4, 3, 512, 640)),),
         onnx_sha256="cd" * 32,
         tf32=True,
         dla_core=0,
@@ -215,7 +217,8 @@ def test_cache_names_differ_by_precision_profile_and_gpu(tmp_path):
     variants = [
         KEY,
         {**KEY, "precision": "fp32"},
-        {**KEY, "profile": replace(KEY["profile"], opt=(8, 3, 512, 640))},
+        {**KEY, "profiles": (replace(KEY["profiles"][0], opt=(8, 3, 512, 640)),)},
+        {**KEY, "profiles": (*KEY["profiles"], CROPS)},
         {**KEY, "gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": (8, 0)},
     ]
     paths = [cache_path(tmp_path, "best", engine_cache_key(**v)) for v in variants]
@@ -265,8 +268,8 @@ from surgseg.engines.cache import build_once, engine_cache_key, profile_shapes
 
 engine, started = Path(sys.argv[1]), Path(sys.argv[2])
 key = engine_cache_key(gpu_name="GPU", compute_capability=(9, 0), trt_version="10.9.0",
-                       precision="fp16", profile=profile_shapes((1, 3, 64, 80), (1, 3, 64, 80),
-                       (8, 3, 64, 80)), onnx_sha256="ab" * 32)
+                       precision="fp16", profiles=[profile_shapes((1, 3, 64, 80), (1, 3, 64, 80),
+                       (8, 3, 64, 80))], onnx_sha256="ab" * 32)
 
 def slow(tmp):
     with open(tmp, "wb") as f:
@@ -283,8 +286,8 @@ build_once(engine, key, slow)
 
 def test_second_process_waits_for_the_first_and_never_loads_half_a_plan(tmp_path):
     key = engine_cache_key(**{**KEY, "gpu_name": "GPU",
-                              "profile": profile_shapes((1, 3, 64, 80), (1, 3, 64, 80),
-                                                        (8, 3, 64, 80))})  # fmt: skip
+                              "profiles": [profile_shapes((1, 3, 64, 80), (1, 3, 64, 80),
+                                                          (8, 3, 64, 80))]})  # fmt: skip
     engine, started = cache_path(tmp_path, "model", key), tmp_path / "started"
     package = Path(surgseg.__file__).parent
     writer = subprocess.Popen(
@@ -390,7 +393,7 @@ def test_a_given_onnx_file_must_load_and_match_the_precision(fp16_export, tmp_pa
         engine(fp16, "fp32")
     assert engine(fp16, "fp16").output_dtype == torch.float16
     assert engine(fp32, "fp32").output_dtype == torch.float32
-    assert engine(fp32, "fp32").any_input_size  # a dynamic export (cues.refine_tips)
+    assert engine(fp32, "fp32").max_batch((160, 160)) is None  # dynamic: cues.refine_tips
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +442,7 @@ def test_tensorrt_engine_end_to_end_on_a_fake_tensorrt(fp16_export, tmp_path, mo
     assert timing.read_bytes() == FAKE_CACHE + f"{version}\n1".encode()
     plan = engine.engine.plan
     assert plan["strongly_typed"] and not plan["tf32"] and plan["dla_core"] is None
-    assert plan["profile"]["image"] == [[1, 3, 64, 80], [1, 3, 64, 80], [8, 3, 64, 80]]
+    assert plan["profiles"] == [{"image": [[1, 3, 64, 80], [1, 3, 64, 80], [8, 3, 64, 80]]}]
     assert engine.engine_path.is_file() and sidecar_path(engine.engine_path).is_file()
 
     # infer: an input 4 bytes off a 256-byte boundary is copied to an aligned one; the output
@@ -453,7 +456,8 @@ def test_tensorrt_engine_end_to_end_on_a_fake_tensorrt(fp16_export, tmp_path, mo
     bound = {name: address for _, name, address in record.named("set_tensor_address")}
     assert bound["image"] % 256 == 0 and bound["image"] != x.data_ptr()
     assert bound["logits"] == out.data_ptr() and out.data_ptr() % 256 == 0
-    assert record.named("set_input_shape") == [("set_input_shape", "image", (2, 3, 64, 80))]
+    assert record.named("set_input_shape") == [("set_input_shape", "image", (2, 3, 64, 80), 0)]
+    assert record.named("create_execution_context") == [("create_execution_context", "STATIC")]
     assert record.named("execute_async_v3") == [("execute_async_v3", CpuStream.HANDLE)]
     assert engine._stream.ordered_calls == [(bound["image"], bound["logits"])]
 
@@ -476,13 +480,81 @@ def test_tensorrt_refusals_are_clear(fp16_export, tmp_path, monkeypatch, caplog)
     x = torch.zeros(1, 3, 64, 80)
     record.reject_shape = True
     with pytest.raises(ConfigError, match=r"TensorRT rejected input shape \[1, 3, 64, 80\] for "
-                                          r"'image' \(profile min"):  # fmt: skip
+                                          r"'image' \(profile 0: min"):  # fmt: skip
         engine.infer(x)
     record.reject_shape, record.reject_address = False, True
     with pytest.raises(RuntimeError, match=r"rejected the address 0x[0-9a-f]+ of tensor 'image' "
                                            r"\(it needs 256-byte alignment"):  # fmt: skip
         engine.infer(x)
     assert record.named("execute_async_v3") == []  # nothing ran with a rejected binding
+
+
+def test_tensorrt_runs_other_sizes_on_profiles_of_their_own(fp16_export, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    trt, record = fake_tensorrt("10.3.0")
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    crops = {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [6, 3, 32, 32]}
+    engine = _tensorrt(fp16_export, tmp_path, extra_profiles=[crops])
+    assert engine.engine.plan["profiles"] == [
+        {"image": [[1, 3, 64, 80], [1, 3, 64, 80], [8, 3, 64, 80]]},
+        {"image": [[1, 3, 32, 32], [4, 3, 32, 32], [6, 3, 32, 32]]},
+    ]
+    # A context per profile: the second selects profile 1 on the engine's stream, and
+    # allocates memory for that profile alone.
+    assert record.named("create_execution_context") == [
+        ("create_execution_context", "STATIC"), ("create_execution_context", "ON_PROFILE_CHANGE")
+    ]
+    assert record.named("set_optimization_profile_async") == [
+        ("set_optimization_profile_async", 1, CpuStream.HANDLE)
+    ]
+    assert (engine.max_batch((64, 80)), engine.max_batch((32, 32))) == (8, 6)
+    assert engine.max_batch((160, 160)) == 0
+
+    frames, crop = torch.randn(2, 3, 64, 80), torch.randn(5, 3, 32, 32)
+    torch.testing.assert_close(engine.infer(frames), _stand_in_logits(frames, 2).half())
+    torch.testing.assert_close(engine.infer(crop), _stand_in_logits(crop, 2).half())
+    assert [c[1:] for c in record.named("set_input_shape")] == [
+        ("image", (2, 3, 64, 80), 0), ("image", (5, 3, 32, 32), 1)
+    ]
+    with pytest.raises(ConfigError, match=r"\[7, 3, 32, 32\] is outside the TensorRT engine's "
+                                          r"profiles \(min \[1, 3, 64, 80\]"):  # fmt: skip
+        engine.infer(torch.zeros(7, 3, 32, 32))
+
+    # The profiles are part of the cache key: without the crops', another engine is built.
+    _tensorrt(fp16_export, tmp_path)
+    assert len(record.named("build_serialized_network")) == 2
+
+
+def test_tip_crops_run_on_the_tensorrt_engines_crop_profile(fp16_export, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    """With ``cues.refine_tips`` the apps give a TensorRT engine the crops' profile; the
+    crops then run on it (profile 1), the frames on the first."""
+    from surgseg.apps.infer import engine_settings
+    from surgseg.predictor import Predictor
+    from surgseg.tip_refine import CROP_BATCH, INPUT, crop_predictor, crop_profile
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for refine, extra in (("true", [crop_profile()]), ("false", [])):
+            cfg = compose("infer", overrides=["engine=tensorrt", f"cues.refine_tips={refine}"])
+            assert engine_settings(cfg)[1]["extra_profiles"] == extra
+        cfg = compose("infer", overrides=["engine=torch", "cues.refine_tips=true"])
+        assert "extra_profiles" not in engine_settings(cfg)[1]
+
+    trt, record = fake_tensorrt("11.4.1")
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    _, meta, _ = fp16_export
+    with pytest.raises(ConfigError, match="refine_tips needs an engine that runs 160×160"):
+        crop_predictor(Predictor(_tensorrt(fp16_export, tmp_path), meta))
+    engine = _tensorrt(fp16_export, tmp_path, extra_profiles=[crop_profile()])
+    assert engine.max_batch((INPUT, INPUT)) == CROP_BATCH
+    crops = crop_predictor(Predictor(engine, meta))
+    record.calls.clear()
+    rng = np.random.default_rng(0)
+    Predictor(engine, meta).predict(list(rng.integers(0, 255, (2, 64, 80, 3), np.uint8)))
+    crops.predict(list(rng.integers(0, 255, (3, 40, 40, 3), np.uint8)))
+    assert [c[2:] for c in record.named("set_input_shape")] == [
+        ((2, 3, 64, 80), 0), ((3, 3, INPUT, INPUT), 1)
+    ]
 
 
 def test_dla_needs_a_tensorrt_with_dla(fp16_export, tmp_path, monkeypatch):
@@ -543,7 +615,7 @@ def test_opset_beyond_what_the_parser_documents_is_said(tmp_path, monkeypatch, c
         run_tensorrt_on_cpu(monkeypatch, trt)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="surgseg.engines.tensorrt_engine"):
-            assert build_engine(path, profile=profile)
+            assert build_engine(path, profiles=[profile])
         warnings[version] = [r.getMessage() for r in caplog.records]
     assert warnings["10.15.1"] == warnings["11.4.1"] == []
     (line,) = warnings["10.3.0"]  # JetPack 6's TensorRT: one line saying what to do
@@ -609,14 +681,16 @@ def test_onnxruntime_tensorrt_provider_fp32_is_labelled_tf32(make_checkpoint, tm
 def test_profile_validation():
     profile = profile_shapes([1, 3, 256, 320], [2, 3, 512, 640], [8, 3, 1024, 1280])
     assert profile == Profile((1, 3, 256, 320), (2, 3, 512, 640), (8, 3, 1024, 1280))
-    profile.check((8, 3, 1024, 1280))
-    profile.check((1, 3, 256, 320))
+    assert profile.admits((8, 3, 1024, 1280)) and profile.admits((1, 3, 256, 320))
+    assert not profile.admits((9, 3, 512, 640)) and not profile.admits((1, 3, 512))
+    assert profile_for([profile, CROPS], (4, 3, 512, 640)) == 0
+    assert profile_for([profile, CROPS], (20, 3, 160, 160)) == 1
     with pytest.raises(
         ConfigError, match=r"input shape \[9, 3, 512, 640\] is outside .* max \[8, 3, 1024, 1280\]"
     ):
-        profile.check((9, 3, 512, 640))
-    with pytest.raises(ConfigError, match="outside"):
-        profile.check((1, 3, 128, 640))
+        profile_for([profile], (9, 3, 512, 640))
+    with pytest.raises(ConfigError, match=r"profiles \(min \[1, 3, 256, 320\].*; min \[1, 3, 160"):
+        profile_for([profile, CROPS], (1, 3, 128, 640))
     with pytest.raises(ConfigError, match="min ≤ opt"):
         profile_shapes([1, 3, 512, 640], [1, 3, 256, 640], [8, 3, 1024, 1280])
     with pytest.raises(ConfigError, match="opt ≤ max"):
@@ -660,6 +734,21 @@ def test_tensorrt_matches_torch_fp32(make_checkpoint, tmp_path, precision):
     create_engine("tensorrt", model=model, meta=meta, device="cuda", **options)
     assert engine.engine_path.stat().st_mtime_ns == built  # cached engine reused
     assert list(tmp_path.glob("timing-*.cache"))
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_tensorrt_runs_the_tip_crops_on_their_profile(make_checkpoint, tmp_path):
+    from surgseg.tip_refine import INPUT, crop_profile
+
+    model, meta = load_checkpoint(sharpen_checkpoint(make_checkpoint("parts")))
+    engine = create_engine("tensorrt", model=model, meta=meta, device="cuda", precision="fp32",
+                           cache_dir=tmp_path, extra_profiles=[crop_profile()])  # fmt: skip
+    for n, (h, w) in ((2, meta.input_size), (5, (INPUT, INPUT))):
+        x = synthetic_frames(meta, [(h, w)], batch=n, seed=3)[0].cuda()
+        out, ref = engine.infer(x).float(), _reference(model, meta, x)
+        assert out.shape == (n, 4, h, w)
+        assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.995
 
 
 @pytest.mark.gpu

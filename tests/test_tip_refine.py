@@ -20,13 +20,22 @@ def test_the_crop_is_twice_the_first_pass_scale_and_stays_in_the_frame():
     assert TipCrop.for_frames((100, 120), (16, 16)).size == (100, 120)  # never past the frame
 
 
+class _Limit:
+    """An engine that takes at most ``limit`` crops a call (None: any number)."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+
+    def max_batch(self, size: tuple[int, int]) -> int | None:
+        return self.limit
+
+
 class _Oracle:
     """Segments crops of one frame perfectly: its truth at the crop's place."""
 
-    def __init__(self, truth: np.ndarray):
-        self.truth = truth
+    def __init__(self, truth: np.ndarray, limit: int | None = None):
+        self.truth, self.engine = truth, _Limit(limit)
         self.calls: list[int] = []
-        self.crops: list[np.ndarray] = []
 
     def predict(self, patches):
         self.calls.append(len(patches))
@@ -43,8 +52,9 @@ class _Oracle:
 def test_tips_are_read_from_the_finer_look_and_the_first_pass_is_left_alone():
     """With a first pass whose instruments stop short (their last 15 pixels along the axis
     lost) and a perfect look at each crop, the refined tips land on the true ones (the first
-    pass's do not); one call segments every crop of the batch; a frame without instruments
-    keeps its prediction; the given masks are not changed."""
+    pass's do not); one call segments every crop of the batch, or as many as the engine's
+    limit needs; a frame without instruments keeps its prediction; the given masks are not
+    changed."""
     surgery = SyntheticSurgery(width=640, height=512, seed=7, num_instruments=2)
     frame = surgery.render(0)
     truth = frame.parts
@@ -66,24 +76,33 @@ def test_tips_are_read_from_the_finer_look_and_the_first_pass_is_left_alone():
 
     assert min(errors(found)) > 10
 
-    oracle = _Oracle(truth)
-    oracle.frame_address, oracle.width = frame.image.__array_interface__["data"][0], 640
     before = short.copy()
-    refined = refine([frame.image, frame.image], [first, empty], [found, []], crops=oracle,
-                     first_input_size=(256, 320))  # fmt: skip
-    assert oracle.calls == [len(found)]
-    assert refined[1] is empty and np.array_equal(first.mask, before)
-    assert max(errors(find_instruments(refined[0].mask, task="parts", view=view))) < 2
+    results = []
+    for limit, calls in ((None, [2 * len(found)]), (1, [1] * 2 * len(found))):
+        oracle = _Oracle(truth, limit)
+        oracle.frame_address, oracle.width = frame.image.__array_interface__["data"][0], 640
+        refined = refine([frame.image, frame.image, frame.image], [first, empty, first],
+                         [found, [], found], crops=oracle, first_input_size=(256, 320))  # fmt: skip
+        assert oracle.calls == calls
+        assert refined[1] is empty and np.array_equal(first.mask, before)
+        assert np.array_equal(refined[0].mask, refined[2].mask)
+        assert max(errors(find_instruments(refined[0].mask, task="parts", view=view))) < 2
+        results.append(refined[0].mask)
+    assert np.array_equal(*results)  # in chunks or at once, the same
 
 
 class _FixedSizeEngine:
     name = "fixed"
 
+    def max_batch(self, size: tuple[int, int]) -> int | None:
+        return 0
 
-def test_refinement_needs_an_engine_that_runs_any_input_size(make_checkpoint):
+
+def test_refinement_needs_an_engine_that_runs_the_crops(make_checkpoint):
     predictor = Predictor.from_checkpoint(make_checkpoint("parts"))
     crops = crop_predictor(predictor)  # torch runs any size
     assert crops.engine is predictor.engine and crops.input_size == (160, 160)
     predictor.engine = _FixedSizeEngine()
-    with pytest.raises(ConfigError, match=r"cues.refine_tips needs an engine .* fixed runs only"):
+    with pytest.raises(ConfigError, match=r"refine_tips needs an engine that runs 160×160 crops "
+                                          r".* fixed runs only its own"):  # fmt: skip
         check_engine(predictor)

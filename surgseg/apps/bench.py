@@ -21,7 +21,7 @@ from surgseg.apps import (
     dataclass_from,
     launch,
 )
-from surgseg.apps.infer import build_predictor
+from surgseg.apps.infer import build_predictor, engine_settings
 from surgseg.errors import ConfigError, VideoError
 from surgseg.options import CueOptions, OutputOptions, Workers
 
@@ -125,10 +125,10 @@ def _predictor(cfg: DictConfig) -> Predictor:
     size = check_input_size(cfg)
     if size is None:
         raise ConfigError("input_size is needed when no checkpoint is given")
-    engine = OmegaConf.to_container(cfg.engine, resolve=True)
+    engine, options = engine_settings(cfg)
     return random_predictor(model=OmegaConf.to_container(cfg.model, resolve=True), task=cfg.task,
-                            input_size=size, engine=engine.pop("name"), device=check_device(cfg),
-                            seed=cfg.seed, **engine)  # fmt: skip
+                            input_size=size, engine=engine, device=check_device(cfg),
+                            seed=cfg.seed, **options)  # fmt: skip
 
 
 def _standin(cfg: DictConfig, video: Path, model: Predictor) -> StandInPredictor:

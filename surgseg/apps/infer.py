@@ -42,16 +42,28 @@ if TYPE_CHECKING:
 NOT_IN_HASH = ("cache_dir", "threads", "workspace_gb")  # engine keys that leave outputs alone
 
 
+def engine_settings(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """The engine's name and options from ``cfg.engine``; a TensorRT engine also gets the tip
+    crops' optimization profile when ``cfg.cues.refine_tips`` is on."""
+    options = OmegaConf.to_container(cfg.engine, resolve=True)
+    name = options.pop("name")
+    if name == "tensorrt" and OmegaConf.select(cfg, "cues.refine_tips", default=False) is True:
+        from surgseg.tip_refine import crop_profile
+
+        options["extra_profiles"] = [*(options.get("extra_profiles") or ()), crop_profile()]
+    return name, options
+
+
 def predictor_spec(cfg: DictConfig, *, task: str | None, check: bool = True) -> PredictorSpec:
     """The predictor named by ``cfg.checkpoint``, ``cfg.engine`` and ``cfg.device``; with a
     ``task``, the checkpoint must have been trained for it. ``check``: the device must be on
     this machine (a cluster's workers have their own)."""
     from surgseg.options import PredictorSpec
 
-    engine = OmegaConf.to_container(cfg.engine, resolve=True)
-    return PredictorSpec(Path(cfg.checkpoint), engine=engine.pop("name"),
+    engine, options = engine_settings(cfg)
+    return PredictorSpec(Path(cfg.checkpoint), engine=engine,
                          device=check_device(cfg) if check else str(cfg.device), task=task,
-                         input_size=check_input_size(cfg), engine_options=engine)  # fmt: skip
+                         input_size=check_input_size(cfg), engine_options=options)  # fmt: skip
 
 
 def build_predictor(cfg: DictConfig, *, task: str | None) -> Predictor:

@@ -16,7 +16,12 @@ class Engine(ABC):
 
     name: str = "engine"
     device: torch.device = torch.device("cpu")
-    any_input_size: bool = False  # runs inputs of any height and width, not only its own
+
+    def max_batch(self, size: tuple[int, int]) -> int | None:
+        """The most images of ``size`` (height, width) one ``infer`` takes: None for any
+        number, 0 if this engine cannot run that size (the default: an engine built for its
+        own input size alone)."""
+        return 0
 
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> torch.Tensor:

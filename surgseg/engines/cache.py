@@ -39,17 +39,25 @@ class Profile:
     opt: Shape
     max: Shape
 
-    def check(self, shape: Sequence[int]) -> None:
-        """Raise ConfigError if ``shape`` is outside this profile."""
+    def admits(self, shape: Sequence[int]) -> bool:
+        """Whether the NCHW ``shape`` is within this profile."""
         shape = tuple(int(d) for d in shape)
-        inside = len(shape) == 4 and all(
+        return len(shape) == 4 and all(
             lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max, strict=True)
         )
-        if not inside:
-            raise ConfigError(
-                f"input shape {list(shape)} is outside the TensorRT engine's profile "
-                f"(min {list(self.min)}, max {list(self.max)}); widen engine.profile and rebuild"
-            )
+
+
+def profile_for(profiles: Sequence[Profile], shape: Sequence[int]) -> int:
+    """The index of the first of ``profiles`` that admits ``shape``; ConfigError if none does."""
+    for index, profile in enumerate(profiles):
+        if profile.admits(shape):
+            return index
+    ranges = "; ".join(f"min {list(p.min)}, max {list(p.max)}" for p in profiles)
+    raise ConfigError(
+        f"input shape {[int(d) for d in shape]} is outside the TensorRT engine's "
+        f"{'profiles' if len(profiles) > 1 else 'profile'} ({ranges}); widen engine.profile "
+        "and rebuild"
+    )
 
 
 def profile_shapes(
@@ -95,7 +103,7 @@ def engine_cache_key(
     compute_capability: tuple[int, int],
     trt_version: str,
     precision: str,
-    profile: Profile,
+    profiles: Sequence[Profile],
     onnx_sha256: str,
     tf32: bool = False,
     dla_core: int | None = None,
@@ -108,7 +116,7 @@ def engine_cache_key(
         "compute_capability": list(compute_capability),
         "trt_version": trt_version,
         "precision": precision,
-        "profile": {k: list(v) for k, v in asdict(profile).items()},
+        "profiles": [{k: list(v) for k, v in asdict(p).items()} for p in profiles],
         "onnx_sha256": onnx_sha256,
         "tf32": bool(tf32),
         "dla_core": dla_core,

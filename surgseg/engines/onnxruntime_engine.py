@@ -156,8 +156,8 @@ class OnnxRuntimeEngine(Engine):
         image = self.session.get_inputs()[0]
         self.input_name = image.name
         # a dynamic export (symbolic height and width), and no TensorRT profile to keep to
-        self.any_input_size = (not any(isinstance(d, int) for d in image.shape[2:])
-                               and "tensorrt" not in names)  # fmt: skip
+        self._any_size = (not any(isinstance(d, int) for d in image.shape[2:])
+                          and "tensorrt" not in names)  # fmt: skip
         out = self.session.get_outputs()[0]
         self.output_name = out.name
         self.output_dtype = _ORT_TYPES.get(out.type, torch.float32)
@@ -173,6 +173,11 @@ class OnnxRuntimeEngine(Engine):
         self.precision = run_precision(precision, names)
         if self.precision == "tf32":
             self.name = "onnxruntime tf32"
+
+    def max_batch(self, size: tuple[int, int]) -> int | None:
+        """Any number of any size for a dynamic export on the CPU or CUDA providers, else 0
+        (a static export, or the TensorRT provider's profile)."""
+        return None if self._any_size else 0
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, torch.float32).contiguous()

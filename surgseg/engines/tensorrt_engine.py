@@ -8,8 +8,15 @@ enables TF32 for float32 layers by default: fp32 engines clear it unless ``tf32=
 "fp32" means FP32.
 
 Engines are cached in ``cache_dir`` under names holding a digest of their key (GPU, compute
-capability, TensorRT version, precision, profile, ONNX hash, TF32, DLA core) and are built
+capability, TensorRT version, precision, profiles, ONNX hash, TF32, DLA core) and are built
 under a file lock (``engines/cache.py``). The builder's timing cache is kept beside them.
+
+An engine may hold several optimization profiles: the first for the model's input size, more
+for other sizes (``extra_profiles``: the crops of ``cues.refine_tips``). Each profile has an
+execution context of its own, as TensorRT requires of contexts in concurrent use; those after
+the first select their profile on the engine's stream and allocate activation memory for it
+alone (``ON_PROFILE_CHANGE``), not for the largest. A batch runs on the first profile that
+admits its shape.
 
 At run time torch CUDA tensors are bound by address (no host copies) and the engine runs on
 its own CUDA stream: it waits for the caller's current stream (an event), and the caller's
@@ -39,6 +46,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +63,7 @@ from surgseg.engines.cache import (
     cache_path,
     engine_cache_key,
     file_sha256,
+    profile_for,
     profile_shapes,
 )
 from surgseg.errors import ConfigError
@@ -193,7 +202,7 @@ def default_profile(input_size: Sequence[int], max_batch: int = 8) -> Profile:
 def build_engine(
     onnx_path: str | Path,
     *,
-    profile: Profile,
+    profiles: Sequence[Profile],
     timing_cache: str | Path | None = None,
     workspace_gb: float = 4.0,
     tf32: bool = False,
@@ -233,12 +242,13 @@ def build_engine(
 
     config = builder.create_builder_config()
     configure_builder(trt, builder, config, workspace_gb=workspace_gb, tf32=tf32, dla_core=dla_core)
-    opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
-    if config.add_optimization_profile(opt_profile) < 0:
-        raise ConfigError(
-            f"TensorRT rejected the optimization profile {profile} for input {input_name!r}"
-        )
+    for profile in profiles:
+        opt_profile = builder.create_optimization_profile()
+        opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
+        if config.add_optimization_profile(opt_profile) < 0:
+            raise ConfigError(
+                f"TensorRT rejected the optimization profile {profile} for input {input_name!r}"
+            )
     cache = _use_timing_cache(config, Path(timing_cache)) if timing_cache is not None else None
 
     plan = builder.build_serialized_network(network, config)
@@ -313,6 +323,7 @@ class _EngineStream:
     def __init__(self, device: torch.device):
         self.device = device
         self.stream = torch.cuda.Stream(device)
+        self.handle = self.stream.cuda_stream
 
     @contextmanager
     def ordered(self, *tensors: torch.Tensor) -> Iterator[int]:
@@ -320,7 +331,7 @@ class _EngineStream:
         kept from other streams until the engine's work on them is done."""
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)  # the input is written
-        yield self.stream.cuda_stream
+        yield self.handle
         caller.wait_stream(self.stream)  # the caller's next work sees the output
         for tensor in tensors:
             tensor.record_stream(self.stream)
@@ -361,6 +372,8 @@ class TensorRTEngine(Engine):
             (for int8: an fp32 export, quantized here, or an int8 one from the cache).
         cache_dir: exports, engines, sidecars, timing and calibration caches.
         profile: {"min","opt","max"} NCHW shapes; default batch 1..8 at the model's input size.
+        extra_profiles: more such profiles, for inputs of other sizes (``tip_refine.
+            crop_profile()`` for the crops of ``cues.refine_tips``).
         workspace_gb: builder workspace limit.
         tf32: let float32 layers use TF32 (fp32 only; off by default, so fp32 is FP32).
         dla_core: run on this DLA core (Jetson), with GPU fallback; fp16 or int8.
@@ -381,6 +394,7 @@ class TensorRTEngine(Engine):
         onnx_path: str | Path | None = None,
         cache_dir: str | Path | None = None,
         profile: dict[str, Sequence[int]] | None = None,
+        extra_profiles: Sequence[dict[str, Sequence[int]]] = (),
         workspace_gb: float = 4.0,
         tf32: bool = False,
         dla_core: int | None = None,
@@ -396,10 +410,9 @@ class TensorRTEngine(Engine):
         check_precision(precision, capability, gpu, dla_core)
         cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
         onnx_file, meta = self._source_onnx(model, meta, onnx_path, cache_dir, precision)
-        self.profile = (
-            profile_shapes(profile["min"], profile["opt"], profile["max"])
-            if profile
-            else default_profile(meta.input_size)
+        self.profiles = tuple(
+            profile_shapes(p["min"], p["opt"], p["max"])
+            for p in (profile or asdict(default_profile(meta.input_size)), *extra_profiles)
         )
         if precision == "int8" and read_onnx_meta(onnx_file)[1] != "int8":
             onnx_file = self._quantized(
@@ -411,7 +424,7 @@ class TensorRTEngine(Engine):
             compute_capability=capability,
             trt_version=trt.__version__,
             precision=precision,
-            profile=self.profile,
+            profiles=self.profiles,
             onnx_sha256=file_sha256(onnx_file),
             tf32=tf32,
             dla_core=dla_core,
@@ -423,7 +436,7 @@ class TensorRTEngine(Engine):
             log.info("building TensorRT engine %s", self.engine_path)
             plan = build_engine(
                 onnx_file,
-                profile=self.profile,
+                profiles=self.profiles,
                 timing_cache=cache_dir / f"timing-{tag}.cache",
                 workspace_gb=workspace_gb,
                 tf32=tf32,
@@ -442,11 +455,8 @@ class TensorRTEngine(Engine):
                 raise RuntimeError(
                     f"TensorRT could not load {self.engine_path}; delete it to rebuild"
                 )
-            self.context = self.engine.create_execution_context()
-            if self.context is None:
-                raise RuntimeError(f"TensorRT could not create an execution context for "
-                                   f"{self.engine_path} (out of GPU memory?)")  # fmt: skip
             self._stream = _EngineStream(self.device)
+            self.contexts = [self._context(trt, index) for index in range(len(self.profiles))]
         self._lock = threading.Lock()
 
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -457,6 +467,30 @@ class TensorRTEngine(Engine):
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.input_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self.output_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
+
+    def _context(self, trt: Any, index: int) -> Any:
+        """An execution context for profile ``index``: the first context gets profile 0 by
+        default; the others select theirs on the engine's stream, with memory for it alone."""
+        if index == 0:
+            context = self.engine.create_execution_context()
+        else:
+            strategy = trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE
+            context = self.engine.create_execution_context(strategy)
+        if context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for "
+                               f"{self.engine_path} (out of GPU memory?)")  # fmt: skip
+        if index and not context.set_optimization_profile_async(index, self._stream.handle):
+            raise RuntimeError(
+                f"TensorRT could not select optimization profile {index} of {self.engine_path}"
+            )
+        return context
+
+    def max_batch(self, size: tuple[int, int]) -> int | None:
+        """The largest batch of a profile that runs ``size``; 0 if none does."""
+        for profile in self.profiles:
+            if profile.admits((profile.min[0], 3, *size)):
+                return profile.max[0]
+        return 0
 
     def _source_onnx(
         self,
@@ -519,28 +553,29 @@ class TensorRTEngine(Engine):
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = aligned(batch.to(self.device, self.input_dtype))
-        self.profile.check(batch.shape)
-        with self._lock:  # one execution context: shapes, addresses and enqueue go together
-            if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
+        index = profile_for(self.profiles, batch.shape)
+        context, profile = self.contexts[index], self.profiles[index]
+        with self._lock:  # a context's shapes, addresses and enqueue go together
+            if not context.set_input_shape(self.input_name, tuple(batch.shape)):
                 raise ConfigError(
                     f"TensorRT rejected input shape {list(batch.shape)} for "
-                    f"{self.input_name!r} (profile min {list(self.profile.min)}, "
-                    f"max {list(self.profile.max)})"
+                    f"{self.input_name!r} (profile {index}: min {list(profile.min)}, "
+                    f"max {list(profile.max)})"
                 )
-            shape = tuple(self.context.get_tensor_shape(self.output_name))
+            shape = tuple(context.get_tensor_shape(self.output_name))
             out = aligned_empty(shape, self.output_dtype, self.device)
             for name, tensor in ((self.input_name, batch), (self.output_name, out)):
-                if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                if not context.set_tensor_address(name, tensor.data_ptr()):
                     raise RuntimeError(
                         f"TensorRT rejected the address {tensor.data_ptr():#x} of tensor "
                         f"{name!r} (it needs {ALIGNMENT}-byte alignment and a tensor name of "
                         f"the engine, {[self.input_name, self.output_name]})"
                     )
             with self._stream.ordered(batch, out) as handle:
-                if not self.context.execute_async_v3(handle):
+                if not context.execute_async_v3(handle):
                     raise RuntimeError("TensorRT execute_async_v3 failed (see its log)")
         return out
 
     def close(self) -> None:
-        self.context = None
+        self.contexts = []
         self.engine = None

@@ -38,7 +38,6 @@ class TorchEngine(Engine):
     """
 
     name = "torch"
-    any_input_size = True
 
     def __init__(
         self,
@@ -75,6 +74,10 @@ class TorchEngine(Engine):
         return self.model(x)["out"]
 
     @torch.inference_mode()
+    def max_batch(self, size: tuple[int, int]) -> int | None:
+        """Any number of inputs of any size."""
+        return None
+
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         if not self.cuda_graphs:
             return self._forward(batch)
