@@ -214,13 +214,15 @@ def test_damaged_mpeg_ts_reports_lost_and_corrupt_frames(tmp_path):
     assert stats.missing == sum(expected_gaps) == len(clean_pts) - len(kept_pts) >= 3
     # Corrupt frames: those ffmpeg conceals, and they do differ from the clean file's.
     flagged = [f for f in frames if f.corrupt]
-    assert len(flagged) == stats.corrupt == ffmpeg_decode_log(bad).count("concealing") == 2
+    # (two holes, but whether a hole hits slice data ffmpeg must conceal depends on where the
+    # encoder put it: one run of the suite saw one concealment, by ffmpeg and by us alike)
+    assert len(flagged) == stats.corrupt == ffmpeg_decode_log(bad).count("concealing") >= 1
     clean = {f.pts: f.image for f in read_frames(src)}
     assert all(np.abs(f.image.astype(int) - clean[f.pts]).mean() > 1 for f in flagged)
     # The record says when, and survives JSON.
     record = json.loads(json.dumps(stats.to_dict()))
     assert record["decoded"] == len(frames) and record["missing"] == stats.missing
-    assert record["corrupt"] == 2 and record["events_omitted"] == 0
+    assert record["corrupt"] == stats.corrupt and record["events_omitted"] == 0
     assert [(e["kind"], e["index"], e["pts"], e["missing"]) for e in record["events"]] == [
         (kind, f.index, f.pts, f.gap if kind == "gap" else 0)
         for f in frames
