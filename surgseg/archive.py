@@ -17,12 +17,11 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from surgseg.atomic import write_json
 from surgseg.errors import VideoError
+from surgseg.jobs import Job, JobResult, input_stat
 from surgseg.options import CueOptions, OutputOptions, PredictorSpec, Workers
 from surgseg.progress import LineProgress
 
@@ -71,26 +70,6 @@ def find_inputs(spec: str | Path) -> Inputs:
     else:
         raise VideoError("no such file or folder", path)
     return [(video, video.relative_to(root).as_posix()) for video in found]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input video and its folder (``name``, relative to the output folder)."""
-
-    video: Path
-    name: str
-    out_dir: Path
-
-
-@dataclass
-class JobResult:
-    """How one video ended: ``done`` (with its frame count) or ``failed`` (with the reason)."""
-
-    job: Job
-    status: str
-    frames: int = 0
-    reason: str | None = None
-    damage: str | None = None  # a done video's decoding losses (``decode.damage_note``)
 
 
 @dataclass
@@ -150,15 +129,6 @@ def run_hash(checkpoint: str | Path, settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def input_stat(video: Path) -> dict[str, int] | None:
-    """Size and modification time of an input, to notice that it changed; None if missing."""
-    try:
-        st = video.stat()
-    except OSError:
-        return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def read_record(path: Path) -> dict[str, Any] | None:
     """A run.json or failed.json, or None if it is missing or unreadable."""
     try:
@@ -203,23 +173,6 @@ def unrecorded(inputs: Inputs, output_dir: Path) -> int:
     return sum(not (Path(output_dir) / name / "run.json").exists()
                and not (Path(output_dir) / name / "failed.json").exists()
                for _, name in inputs)  # fmt: skip
-
-
-def clear_leftovers(folder: Path) -> None:
-    """Remove the temporary files (``.<name>.partial-<pid>.<ext>``) a killed process left in
-    a video's folder; the caller holds the folder."""
-    for leftover in [*folder.glob(".*.partial-*"), *folder.glob("masks/.*.partial-*")]:
-        leftover.unlink(missing_ok=True)
-
-
-def record_failure(job: Job, reason: str, *, run_hash: str | None) -> JobResult:
-    """Write ``failed.json`` for a video that cannot be processed; later runs with the same
-    ``run_hash`` skip it while the input file stays the same."""
-    record = {"status": "failed", "input": str(job.video), "reason": reason,
-              "run_hash": run_hash, "input_stat": input_stat(job.video),
-              "finished": datetime.now(UTC).isoformat()}  # fmt: skip
-    write_json(job.out_dir / "failed.json", record)
-    return JobResult(job, "failed", reason=reason)
 
 
 def process_inputs(

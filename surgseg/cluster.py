@@ -26,8 +26,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from surgseg.archive import Job, JobResult, record_failure
 from surgseg.errors import ConfigError
+from surgseg.jobs import Job, JobResult, record_failure
 from surgseg.options import RayOptions, Workers
 from surgseg.progress import progress_bar
 

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from surgseg import report, tables
-from surgseg.archive import Job, JobResult, clear_leftovers, input_stat, record_failure
 from surgseg.atomic import write_json
 from surgseg.decode import VideoReader, damage_note
 from surgseg.errors import ConfigError, SurgsegError, VideoError
+from surgseg.jobs import Job, JobResult, clear_leftovers, input_stat, record_failure
 from surgseg.options import CueOptions, OutputOptions, Workers
 from surgseg.predictor import Predictor
 from surgseg.progress import progress_bar

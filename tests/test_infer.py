@@ -92,8 +92,8 @@ def test_outputs_of_one_video(clip, make_checkpoint, tmp_path):
 def test_a_videos_report_images_are_made_as_it_ends(clip, make_checkpoint, tmp_path):
     """The process that ran a video draws its report images (on a cluster, the workers, in
     parallel); the report at the end of the run finds them made."""
-    from surgseg.archive import Job
     from surgseg.infer import VideoJobs
+    from surgseg.jobs import Job
     from surgseg.options import CueOptions, PredictorSpec
     from surgseg.report import write_report
     from surgseg.tables import find_videos
