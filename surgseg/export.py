@@ -129,7 +129,7 @@ def export_onnx(
     if written != [opset]:  # the exporter falls back to its own opset, with only a warning
         raise ConfigError(f"the exporter wrote opset {written} instead of opset {opset}")
     fields = {k: v for k, v in asdict(meta).items() if k in _META_KEYS}
-    fields.update(format="surgseg-onnx", precision=precision)
+    fields.update(format="surgseg-onnx", precision=precision, weights_sha256=weights_sha256(model))
     for key, value in fields.items():
         proto.metadata_props.add(key=f"surgseg.{key}", value=json.dumps(value))
     try:
@@ -144,8 +144,8 @@ def export_onnx(
     return Path(path)
 
 
-def read_onnx_meta(path: str | Path) -> tuple[CheckpointMeta, str]:
-    """The checkpoint metadata and precision embedded by ``export_onnx``."""
+def _onnx_props(path: str | Path) -> dict[str, Any]:
+    """The ``surgseg.*`` metadata of an export, decoded, without the ``surgseg.`` prefix."""
     import onnx
 
     path = Path(path)
@@ -154,23 +154,50 @@ def read_onnx_meta(path: str | Path) -> tuple[CheckpointMeta, str]:
     props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
     if props.get("surgseg.format") != json.dumps("surgseg-onnx"):
         raise CheckpointError("not a surgseg ONNX export (no surgseg metadata)", path)
-    raw = {k: json.loads(props[f"surgseg.{k}"]) for k in _META_KEYS}
+    return {k.removeprefix("surgseg."): json.loads(v) for k, v in props.items()
+            if k.startswith("surgseg.")}  # fmt: skip
+
+
+def read_onnx_meta(path: str | Path) -> tuple[CheckpointMeta, str]:
+    """The checkpoint metadata and precision embedded by ``export_onnx``."""
+    props = _onnx_props(path)
+    raw = {k: props[k] for k in _META_KEYS}
     raw["input_size"] = tuple(raw["input_size"])
     raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-    return CheckpointMeta(**raw), json.loads(props["surgseg.precision"])
+    return CheckpointMeta(**raw), props["precision"]
 
 
-def model_digest(model: nn.Module, meta: CheckpointMeta, *, precision: str, opset: int) -> str:
-    """Short hash of the weights, metadata and export settings: the name of an exported file."""
-    digest = hashlib.sha256(
-        json.dumps([asdict(meta), precision, opset, torch.__version__], default=str).encode()
-    )
+def check_onnx_weights(path: str | Path, model: nn.Module) -> None:
+    """ConfigError unless the export at ``path`` was made from ``model``'s weights (those of
+    the checkpoint a run names). A file that does not record them (another exporter's, or
+    surgseg's before it did) cannot tell: it is taken as it is."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    stored = props.get("surgseg.weights_sha256")
+    if stored is not None and json.loads(stored) != weights_sha256(model):
+        raise ConfigError(
+            "engine.onnx_path was exported from other weights than the checkpoint's: export "
+            "this checkpoint (surgseg-export checkpoint=...) or name its own export",
+            path,
+        )
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hex SHA-256 of the model's weights (state_dict names and bytes, as they are)."""
+    digest = hashlib.sha256()
     for key, value in model.state_dict().items():
         digest.update(key.encode())
         digest.update(
             value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
         )
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def model_digest(model: nn.Module, meta: CheckpointMeta, *, precision: str, opset: int) -> str:
+    """Short hash of the weights, metadata and export settings: the name of an exported file."""
+    fields = [asdict(meta), precision, opset, torch.__version__, weights_sha256(model)]
+    return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
 
 
 def cached_onnx(

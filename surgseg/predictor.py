@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from surgseg.checkpoint import CheckpointMeta, load_checkpoint
 from surgseg.engines import Engine, create_engine
+from surgseg.errors import ConfigError
 from surgseg.preprocess import Preprocess, check_input_size
 
 if TYPE_CHECKING:
@@ -128,6 +129,12 @@ class Predictor:
         self.device = engine.device
         self.geometry = Preprocess(tuple(input_size or meta.input_size), meta.mean, meta.std)
         self.input_size = self.geometry.input_size
+        if engine.max_batch(self.input_size) == 0:
+            h, w = self.input_size
+            raise ConfigError(
+                f"engine={engine.name} cannot run {h}×{w} inputs (input_size): a static ONNX "
+                "export and a TensorRT profile hold other sizes"
+            )
         cuda = self.device.type == "cuda"
         self._copy = torch.cuda.Stream(self.device) if cuda else None
         self._compute = torch.cuda.Stream(self.device) if cuda else None

@@ -396,6 +396,68 @@ def test_a_given_onnx_file_must_load_and_match_the_precision(fp16_export, tmp_pa
     assert engine(fp32, "fp32").max_batch((160, 160)) is None  # dynamic: cues.refine_tips
 
 
+def test_a_static_export_runs_any_batch_and_refuses_other_sizes(fp16_export, tmp_path):
+    """``surgseg-export dynamic=false`` fixes the graph at 2×3×H×W: ONNX Runtime runs other
+    batches in chunks of 2 (the last filled up), with the dynamic export's results; a Predictor
+    at another input size is refused in one line, as are the tip crops."""
+    from surgseg.predictor import Predictor
+    from surgseg.tip_refine import crop_predictor
+
+    model, meta, _ = fp16_export
+    static = export_onnx(model, tmp_path / "static.onnx", meta=meta, dynamic=False)
+    dynamic = export_onnx(model, tmp_path / "dynamic.onnx", meta=meta)
+    engines = [create_engine("onnxruntime", model=model, meta=meta, onnx_path=path)
+               for path in (static, dynamic)]  # fmt: skip
+    assert [d.dim_value for d in onnx.load(static).graph.input[0].type.tensor_type.shape.dim] == [
+        2, 3, 64, 80
+    ]
+    for n in (1, 2, 3, 5):
+        x = synthetic_frames(meta, [(64, 80)], batch=n, seed=n)[0]
+        out, ref = (engine.infer(x) for engine in engines)
+        assert out.shape == (n, 2, 64, 80)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    frames = list(np.random.default_rng(0).integers(0, 255, (3, 96, 120, 3), np.uint8))
+    got, want = (Predictor(engine, meta).predict(frames) for engine in engines)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(got, want, strict=True))
+    with pytest.raises(ConfigError, match=r"engine=onnxruntime cannot run 128×160 inputs "
+                                          r"\(input_size\): a static ONNX export"):  # fmt: skip
+        Predictor(engines[0], meta, input_size=(128, 160))
+    with pytest.raises(ConfigError, match="refine_tips needs an engine that runs 160×160"):
+        crop_predictor(Predictor(engines[0], meta))
+
+
+def test_an_export_of_other_weights_is_refused(fp16_export, tmp_path, monkeypatch):
+    """``engine.onnx_path`` must hold the checkpoint's own weights: an export of another model
+    with the same metadata is one line naming the file (ONNX Runtime and TensorRT alike); a
+    file that does not record its weights is taken as it is."""
+    model, meta, fp16 = fp16_export
+    other = meta.build()  # same architecture and classes, other weights
+    fp32 = export_onnx(model, tmp_path / "m.onnx", meta=meta)
+    for path, precision in ((fp32, "fp32"), (fp16, "fp16")):
+        with pytest.raises(ConfigError, match="exported from other weights than the "
+                                              "checkpoint's") as error:  # fmt: skip
+            create_engine("onnxruntime", model=other, meta=meta, onnx_path=path,
+                          precision=precision)  # fmt: skip
+        assert error.value.path == path
+    unrecorded = onnx.load(fp32)
+    kept = [p for p in unrecorded.metadata_props if p.key != "surgseg.weights_sha256"]
+    del unrecorded.metadata_props[:]
+    unrecorded.metadata_props.extend(kept)
+    onnx.save(unrecorded, tmp_path / "old.onnx")
+    create_engine("onnxruntime", model=other, meta=meta, onnx_path=tmp_path / "old.onnx")
+
+    trt, _ = fake_tensorrt("10.3.0")
+    run_tensorrt_on_cpu(monkeypatch, trt)
+    with pytest.raises(ConfigError, match="exported from other weights"):
+        _tensorrt((other, meta, fp16), tmp_path)
+
+
+def test_torch_refuses_fp16_on_the_cpu(fp16_export):
+    model, meta, _ = fp16_export
+    with pytest.raises(ConfigError, match=r"engine.precision=fp16 needs a CUDA device"):
+        create_engine("torch", model=model, meta=meta, precision="fp16")
+
+
 @pytest.fixture(scope="module")
 def fp16_export(tmp_path_factory):
     """A ResNet-18 (2 classes, 64×80) and its fp16 surgseg ONNX export."""

@@ -19,9 +19,8 @@ class Engine(ABC):
 
     def max_batch(self, size: tuple[int, int]) -> int | None:
         """The most images of ``size`` (height, width) one ``infer`` takes: None for any
-        number, 0 if this engine cannot run that size (the default: an engine built for its
-        own input size alone)."""
-        return 0
+        number (the default), 0 if this engine cannot run that size."""
+        return None
 
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch import nn
 from surgseg.checkpoint import CheckpointMeta
 from surgseg.engines.base import Engine
 from surgseg.errors import ConfigError
-from surgseg.export import DEFAULT_CACHE_DIR, cached_onnx
+from surgseg.export import DEFAULT_CACHE_DIR, cached_onnx, check_onnx_weights
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -155,14 +155,23 @@ class OnnxRuntimeEngine(Engine):
         self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         image = self.session.get_inputs()[0]
         self.input_name = image.name
-        # a dynamic export (symbolic height and width), and no TensorRT profile to keep to
-        self._any_size = (not any(isinstance(d, int) for d in image.shape[2:])
-                          and "tensorrt" not in names)  # fmt: skip
+        # A static export (surgseg-export dynamic=false) is fixed at its batch and size: other
+        # batches run in chunks of it; with the TensorRT provider, other sizes than the
+        # model's would each build an engine.
+        batch, _, *size = image.shape
+        self._batch = batch if isinstance(batch, int) else None
+        self._sizes = (
+            [tuple(size)] if all(isinstance(d, int) for d in size)
+            else [tuple(meta.input_size)] if "tensorrt" in names and meta is not None
+            else None
+        )  # fmt: skip
         out = self.session.get_outputs()[0]
         self.output_name = out.name
         self.output_dtype = _ORT_TYPES.get(out.type, torch.float32)
         if given:
             _check_graph_precision(precision, out.type, names, self.onnx_path)
+            if model is not None:
+                check_onnx_weights(self.onnx_path, model)
         self.num_classes = out.shape[1]
         if self.device.type == "cuda" and not isinstance(self.num_classes, int):
             raise ConfigError(
@@ -175,12 +184,24 @@ class OnnxRuntimeEngine(Engine):
             self.name = "onnxruntime tf32"
 
     def max_batch(self, size: tuple[int, int]) -> int | None:
-        """Any number of any size for a dynamic export on the CPU or CUDA providers, else 0
-        (a static export, or the TensorRT provider's profile)."""
-        return None if self._any_size else 0
+        """Any number of inputs (a static export's batch runs in chunks); any size for a
+        dynamic export on the CPU or CUDA providers, else the export's or the model's alone
+        (0 for the others)."""
+        return None if self._sizes is None or tuple(size) in self._sizes else 0
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, torch.float32).contiguous()
+        fixed = self._batch
+        if fixed is None or len(batch) == fixed:
+            return self._run(batch)
+        outs = []
+        for start in range(0, len(batch), fixed):
+            part = batch[start : start + fixed]
+            filled = torch.cat([part, part[-1:].expand(fixed - len(part), *part.shape[1:])])
+            outs.append(self._run(filled)[: len(part)])
+        return torch.cat(outs)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
             out = self.session.run([self.output_name], {self.input_name: batch.numpy()})[0]
             return torch.from_numpy(out)

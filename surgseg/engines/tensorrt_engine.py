@@ -67,7 +67,13 @@ from surgseg.engines.cache import (
     profile_shapes,
 )
 from surgseg.errors import ConfigError
-from surgseg.export import BF16_OPSET, DEFAULT_CACHE_DIR, cached_onnx, read_onnx_meta
+from surgseg.export import (
+    BF16_OPSET,
+    DEFAULT_CACHE_DIR,
+    cached_onnx,
+    check_onnx_weights,
+    read_onnx_meta,
+)
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = (
@@ -507,6 +513,8 @@ class TensorRTEngine(Engine):
                 raise ConfigError("engine=tensorrt needs onnx_path or a model to export")
             return cached_onnx(model, meta, cache_dir=cache_dir, precision=graph_precision), meta
         onnx_meta, stored = read_onnx_meta(onnx_path)
+        if model is not None:
+            check_onnx_weights(onnx_path, model)
         if stored not in (graph_precision, precision):
             raise ConfigError(
                 f"ONNX file holds a {stored} graph; precision={precision} needs a "

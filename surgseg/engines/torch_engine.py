@@ -56,6 +56,11 @@ class TorchEngine(Engine):
         self.device = torch.device(device)
         if cuda_graphs and self.device.type != "cuda":
             raise ConfigError("engine.cuda_graphs needs a CUDA device")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError(
+                "engine.precision=fp16 needs a CUDA device: PyTorch's fp16 convolutions on a "
+                "CPU are many times slower than fp32; use fp32 (or bf16)"
+            )
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = PRECISIONS[precision]
@@ -74,10 +79,6 @@ class TorchEngine(Engine):
         return self.model(x)["out"]
 
     @torch.inference_mode()
-    def max_batch(self, size: tuple[int, int]) -> int | None:
-        """Any number of inputs of any size."""
-        return None
-
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         if not self.cuda_graphs:
             return self._forward(batch)
