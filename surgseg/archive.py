@@ -42,28 +42,43 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def find_inputs(spec: str | Path) -> Inputs:
+def _outside(found: list[Path], root: Path, exclude: Path | None) -> list[Path]:
+    """``found`` less what lies inside ``exclude`` (resolved paths compared); all of it when
+    ``exclude`` is unset, or is or holds ``root``: it would leave nothing to search."""
+    if exclude is None:
+        return found
+    skip = exclude.resolve()
+    if root.resolve().is_relative_to(skip):
+        return found
+    return [p for p in found if not p.resolve().is_relative_to(skip)]
+
+
+def find_inputs(spec: str | Path, *, exclude: Path | None = None) -> Inputs:
     """Expand ``spec`` (a video file, a folder searched recursively for videos, or a glob)
-    into (video, output folder name) pairs, sorted by path.
+    into (video, output folder name) pairs, sorted by path. A folder or a glob yields files
+    only; nothing inside ``exclude`` (the run's output folder, when it lies inside the folder
+    searched) is an input, so a run never reads back its own outputs. A single file named
+    explicitly is taken as it is.
 
     The folder name is the video's path relative to what ``spec`` names (the folder, the
     glob's fixed leading folders, or the file's own folder), file name and extension
     included: it never leaves the output folder, two inputs never share it (``a.mp4`` and
     ``a.avi`` are ``a.mp4/`` and ``a.avi/``), and it does not depend on the other inputs.
     Raises ``VideoError`` when ``spec`` names nothing: a missing path, a folder without
-    videos, a pattern that matches no file.
+    videos, a pattern that matches no file (or nothing but what ``exclude`` holds).
     """
     path = Path(spec)
     if path.is_dir():
         root = path
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not found:
+        found = sorted(p for p in path.rglob("*")
+                       if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())  # fmt: skip
+        if not (found := _outside(found, root, exclude)):
             raise VideoError("no video files in this folder", path)
     elif any(ch in str(spec) for ch in "*?["):
         spec = os.path.normpath(spec)  # no ".." left to lead a name out of the output folder
         root = _glob_root(spec)
         found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        if not found:
+        if not (found := _outside(found, root, exclude)):
             raise VideoError("no file matches this pattern", spec)
     elif path.exists():  # a single file, whatever its name: opening it tells what it holds
         return [(path, path.name)]

@@ -320,7 +320,31 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as e:
+        if _mp4_without_index(path):
+            raise VideoError(
+                "not a readable video: an MP4/MOV without its index (no 'moov' box), as a "
+                "recording or copy cut short leaves it when the index comes last; nothing in "
+                "it can be found without one (faststart files keep theirs at the start)",
+                path,
+            ) from None
         raise VideoError(f"not a readable video ({e.strerror})", path) from None
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """Whether ``path`` is an ISO media file (MP4, MOV: 'ftyp' first) whose top-level boxes,
+    as far as they go, hold no 'moov'."""
+    with open(path, "rb") as f:
+        end, offset, kinds = path.stat().st_size, 0, []
+        while offset + 8 <= end:
+            f.seek(offset)
+            size, kind = int.from_bytes(f.read(4), "big"), f.read(4)
+            if size == 1:  # a 64-bit size follows
+                size = int.from_bytes(f.read(8), "big")
+            kinds.append(kind)
+            if size < 8:  # 0: the box runs to the end of the file; less: not a box
+                break
+            offset += size
+    return kinds[:1] == [b"ftyp"] and b"moov" not in kinds
 
 
 class VideoReader:

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from surgseg.apps import CONF_DIR
 from surgseg.apps.infer import run
 from surgseg.archive import find_inputs, unrecorded
+from surgseg.errors import VideoError
 from surgseg.synthetic import write_clip
 
 
@@ -154,3 +155,60 @@ def test_the_folder_gets_tables_and_a_report(archive, make_checkpoint, tmp_path)
     run(_cfg(input=archive, checkpoint=make_checkpoint("parts"), output_dir=out))
     assert "b.avi" not in set(pd.read_parquet(out / "videos.parquet")["video"])
     assert "b.avi" not in set(pd.read_parquet(out / "cues.parquet")["video"].astype(str))
+
+
+def _touch(root: Path, *names: str) -> None:
+    """Zero-byte files with video suffixes: enough for ``find_inputs``, which opens nothing."""
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+def test_a_folder_named_like_a_video_is_not_an_input(tmp_path):
+    # An output folder copied into the archive: folders named after their videos.
+    _touch(tmp_path, "a.mp4", "dirext/old.mp4/run.json", "dirext/old.mp4/masks.mkv")
+    (tmp_path / "dirext/old.mp4/masks").mkdir()
+    assert find_inputs(tmp_path) == [(tmp_path / "a.mp4", "a.mp4"),
+                                     (tmp_path / "dirext/old.mp4/masks.mkv",
+                                      "dirext/old.mp4/masks.mkv")]  # fmt: skip
+    only_folders = tmp_path / "empty"
+    (only_folders / "x.mp4").mkdir(parents=True)
+    with pytest.raises(VideoError, match="no video files in this folder"):
+        find_inputs(only_folders)
+
+
+def test_nothing_inside_the_output_folder_is_an_input(tmp_path):
+    root, out = tmp_path / "surgeries", tmp_path / "surgeries/out"
+    _touch(root, "day1/a.mp4", "b.avi")
+    # What a run wrote into out: folders named after the videos, overlays, ffv1 masks.
+    _touch(out, "day1/a.mp4/overlay.mp4", "day1/a.mp4/masks.mkv", "b.avi/overlay.mp4",
+           "b.avi/masks/000000.png", "b.avi/run.json")  # fmt: skip
+    videos = [(root / "b.avi", "b.avi"), (root / "day1/a.mp4", "day1/a.mp4")]
+    assert find_inputs(root, exclude=out) == videos
+    assert find_inputs(root, exclude=root / "day1/../out") == videos  # resolved paths compared
+    assert find_inputs(f"{root}/**/*.mp4", exclude=out) == [videos[1]]
+    # An output folder outside the searched one, or that is or holds it, excludes nothing.
+    assert [n for _, n in find_inputs(root, exclude=tmp_path / "elsewhere")] == [
+        "b.avi", "day1/a.mp4", "out/b.avi/overlay.mp4", "out/day1/a.mp4/masks.mkv",
+        "out/day1/a.mp4/overlay.mp4"]  # fmt: skip
+    assert find_inputs(root / "day1", exclude=root) == [(root / "day1/a.mp4", "a.mp4")]
+    assert len(find_inputs(out, exclude=out)) == 3
+    # A single file named explicitly is taken as it is.
+    overlay = out / "b.avi/overlay.mp4"
+    assert find_inputs(overlay, exclude=out) == [(overlay, "overlay.mp4")]
+    # Nothing but outputs: the usual one line.
+    _touch(tmp_path / "only", "out/x.mp4/overlay.mp4")
+    with pytest.raises(VideoError, match="no video files in this folder"):
+        find_inputs(tmp_path / "only", exclude=tmp_path / "only/out")
+    with pytest.raises(VideoError, match="no file matches this pattern"):
+        find_inputs(f"{tmp_path}/only/**/*.mp4", exclude=tmp_path / "only/out")
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(archive, make_checkpoint):
+    out, ckpt = archive / "out", make_checkpoint("parts")
+    for _ in range(2):
+        summary = run(_cfg(input=archive, checkpoint=ckpt, output_dir=out))
+        assert [v for v, _ in summary.failed] == [archive / "day2/broken.mp4"]
+    assert summary.done == [] and summary.skipped == [out / "b.avi", out / "day1/a.mp4"]
+    assert not (out / "out").exists()
+    assert sorted(_mtimes(out)) == ["b.avi", "day1/a.mp4", "day2/broken.mp4"]

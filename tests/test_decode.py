@@ -465,7 +465,7 @@ BAD_INPUTS = {
     "png": (lambda d: write_png(d / "still.png"), "still image"),
     "audio_only": (lambda d: write_audio_only(d / "sound.m4a"), "no video stream"),
     "header_only": (_header_only, "no decodable frame"),
-    "mp4_without_moov": (_mp4_without_moov, "not a readable video"),
+    "mp4_without_moov": (_mp4_without_moov, "an MP4/MOV without its index (no 'moov' box)"),
 }
 
 

@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> InferSummary:
     on_ray = cfg.cluster == "ray"
     ray_options = dataclass_from(RayOptions, cfg.ray, "ray") if on_ray else None
     spec = predictor_spec(cfg, task=cfg.task, check=not on_ray)
-    inputs = find_inputs(cfg.input)  # a mistyped path: one line, nothing written
+    # A mistyped path: one line, nothing written. Never the run's own outputs as inputs.
+    inputs = find_inputs(cfg.input, exclude=Path(cfg.output_dir))
     with ExitStack() as stack:
         cluster = None
         if ray_options is not None:
