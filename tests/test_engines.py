@@ -452,10 +452,13 @@ def test_an_export_of_other_weights_is_refused(fp16_export, tmp_path, monkeypatc
         _tensorrt((other, meta, fp16), tmp_path)
 
 
-def test_torch_refuses_fp16_on_the_cpu(fp16_export):
+def test_torch_refuses_fp16_on_the_cpu_and_onnxruntime_negative_threads(fp16_export):
     model, meta, _ = fp16_export
     with pytest.raises(ConfigError, match=r"engine.precision=fp16 needs a CUDA device"):
         create_engine("torch", model=model, meta=meta, precision="fp16")
+    for threads in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match=r"engine.threads must be an integer ≥ 0"):
+            create_engine("onnxruntime", model=model, meta=meta, threads=threads)
 
 
 @pytest.fixture(scope="module")

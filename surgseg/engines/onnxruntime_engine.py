@@ -84,6 +84,9 @@ class OnnxRuntimeEngine(Engine):
             ) from None
         if precision not in PRECISIONS:
             raise ConfigError(f"engine.precision must be one of {PRECISIONS}, got {precision!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"engine.threads must be an integer ≥ 0 (0: ONNX Runtime's "
+                              f"choice), got {threads!r}")  # fmt: skip
         self.device = torch.device(device)
         names = list(providers or (["cuda", "cpu"] if self.device.type == "cuda" else ["cpu"]))
         unknown = [p for p in names if p not in PROVIDERS]
