@@ -132,8 +132,9 @@ class Predictor:
         if engine.max_batch(self.input_size) == 0:
             h, w = self.input_size
             raise ConfigError(
-                f"engine={engine.name} cannot run {h}×{w} inputs (input_size): a static ONNX "
-                "export and a TensorRT profile hold other sizes"
+                f"engine={engine.name} cannot run {h}×{w} inputs (input_size=[{h}, {w}]): its "
+                "static ONNX export or TensorRT profile holds another size; set input_size to "
+                "that, or export with dynamic=true"
             )
         cuda = self.device.type == "cuda"
         self._copy = torch.cuda.Stream(self.device) if cuda else None

@@ -102,7 +102,10 @@ def test_mistakes_found_late_before_leave_nothing_behind(make_checkpoint, tmp_pa
         (("stream", f"input={video}", f"checkpoint={ckpt}", *fixed), "cues.refine_tips needs"),
         (("bench", f"input={video}", "cues.refine_tips=true", "standin_fps=100"),
          "cues.refine_tips needs the model"),
-        (("bench", f"input={video}", f"checkpoint={ckpt}", *fixed), "cues.refine_tips needs"),
+        (("bench", f"input={video}", f"checkpoint={ckpt}", *fixed, "input_size=null"),
+         "cues.refine_tips needs"),
+        (("bench", f"input={video}", f"checkpoint={ckpt}", *fixed[:2]),  # bench: 256×320
+         "engine=onnxruntime cannot run 256×320 inputs (input_size=[256, 320])"),
         ((*infer, "engine=onnxruntime", f"engine.onnx_path={noise}"), "not an ONNX model"),
         ((*infer, "engine=onnxruntime", "engine.precision=fp8"), "engine.precision"),
         ((*infer, "outputs.overlay=maybe"), "outputs.overlay=maybe: Value 'maybe' is not a valid"),
@@ -113,6 +116,7 @@ def test_mistakes_found_late_before_leave_nothing_behind(make_checkpoint, tmp_pa
         (("stream", f"input={text}", f"checkpoint={ckpt}"), "not a readable video"),
         (("stream", f"input={video}", f"checkpoint={ckpt}", "max_age=-1"), "max_age must be"),
         (("bench", f"input={video}", "max_frames=0"), "max_frames must be"),
+        (("bench", f"input={text}", f"checkpoint={ckpt}"), "not a readable video"),
         (("train", f"data.root={tmp_path / 'clips'}", "data.val_videos=[nope]"), "'nope'"),
         (("train", f"data.root={video}"), "is a file, not a dataset folder"),
     ]

@@ -420,7 +420,8 @@ def test_a_static_export_runs_any_batch_and_refuses_other_sizes(fp16_export, tmp
     got, want = (Predictor(engine, meta).predict(frames) for engine in engines)
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(got, want, strict=True))
     with pytest.raises(ConfigError, match=r"engine=onnxruntime cannot run 128×160 inputs "
-                                          r"\(input_size\): a static ONNX export"):  # fmt: skip
+                                          r"\(input_size=\[128, 160\]\): its static ONNX "
+                                          r"export"):  # fmt: skip
         Predictor(engines[0], meta, input_size=(128, 160))
     with pytest.raises(ConfigError, match="refine_tips needs an engine that runs 160×160"):
         crop_predictor(Predictor(engines[0], meta))

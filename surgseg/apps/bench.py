@@ -163,6 +163,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from surgseg.tip_refine import check_engine
 
         check_engine(predictor)
+    if cfg.input:
+        from surgseg.decode import probe
+
+        probe(cfg.input)  # so is a file that is not a video
     claim_output_dir(cfg.output_dir)  # bench.md and bench.png are rebuilt there
     claim_output_dir(cfg.run_dir, key="run_dir")
     run_dir = Path(cfg.run_dir)
