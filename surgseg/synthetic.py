@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -346,6 +347,65 @@ def _task_mask(task: str, parts: np.ndarray, types: np.ndarray) -> np.ndarray:
     return parts if task == "parts" else types
 
 
+def check_clip_settings(
+    *,
+    num_frames: int | None = None,
+    width: int = 640,
+    height: int = 512,
+    fps: float = 25.0,
+    seed: int = 0,
+    num_instruments: int | None = None,
+    smoke: bool = True,
+    blur: bool = True,
+    highlights: bool = True,
+    crossings: float = 0.0,
+    still: bool = False,
+    codec: str | None = None,
+    prefix: str = "",
+) -> None:
+    """Refuse a generator setting that cannot work with a ConfigError naming it: the checks
+    of ``SyntheticSurgery`` and ``write_clip`` (which call this), made callable before
+    anything is written. ``prefix`` goes before each name (``clips.`` names ``clips.width``);
+    ``num_frames`` and ``codec`` (``write_clip``'s) are checked when given."""
+
+    def refuse(key: str, what: str, value: object) -> ConfigError:
+        return ConfigError(f"{prefix}{key} must be {what}, got {value!r}")
+
+    def integer(value: object) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+    if num_frames is not None and not (integer(num_frames) and num_frames >= 1):
+        raise refuse("num_frames", "an integer ≥ 1", num_frames)
+    for key, value in (("width", width), ("height", height)):
+        if not (integer(value) and value >= 32):  # the view, instruments and tissue need it
+            raise refuse(key, "an integer ≥ 32", value)
+    if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool | np.bool_)
+            and math.isfinite(fps) and fps > 0):  # fmt: skip
+        raise refuse("fps", "a positive number", fps)
+    if not (integer(seed) and seed >= 0):
+        raise refuse("seed", "an integer ≥ 0", seed)
+    if num_instruments is not None and not (
+        integer(num_instruments) and 1 <= num_instruments <= MAX_INSTRUMENTS
+    ):
+        raise refuse("num_instruments", f"1..{MAX_INSTRUMENTS} or null", num_instruments)
+    for key, value in (("smoke", smoke), ("blur", blur), ("highlights", highlights),
+                       ("still", still)):  # fmt: skip
+        if not isinstance(value, bool | np.bool_):
+            raise refuse(key, "true or false", value)
+    if not (isinstance(crossings, numbers.Real) and not isinstance(crossings, bool | np.bool_)
+            and 0.0 <= crossings <= 1.0):  # fmt: skip
+        raise refuse("crossings", "a probability in 0..1", crossings)
+    if codec is None:
+        return
+    if not isinstance(codec, str) or codec not in CODECS or CODECS[codec][0] == "gray":
+        rgb = sorted(c for c, (fmt, _) in CODECS.items() if fmt != "gray")  # ffv1: masks only
+        raise refuse("codec", f"one of {rgb}", codec)
+    if CODECS[codec][0].startswith("yuv"):  # chroma at half the size: even sides
+        for key, value in (("width", width), ("height", height)):
+            if value % 2:
+                raise refuse(key, f"even for codec {codec}", value)
+
+
 @dataclass
 class SyntheticSurgery:
     """A seeded synthetic endoscopic clip with random access: ``render(i)`` depends only on
@@ -381,20 +441,18 @@ class SyntheticSurgery:
     crossing: bool = field(init=False)  # the first two instruments are aimed to cross
 
     def __post_init__(self) -> None:
-        if self.width < 32 or self.height < 32:
-            raise ConfigError(
-                f"synthetic frames need at least 32×32 pixels, got {self.width}×{self.height}"
-            )
-        if self.num_instruments is not None and not 1 <= self.num_instruments <= MAX_INSTRUMENTS:
-            raise ConfigError(
-                f"num_instruments must be 1..{MAX_INSTRUMENTS} or null, got {self.num_instruments}"
-            )
-        if self.fps <= 0:
-            raise ConfigError(f"fps must be positive, got {self.fps}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be non-negative, got {self.seed}")
-        if not 0.0 <= self.crossings <= 1.0:
-            raise ConfigError(f"crossings must be a probability in 0..1, got {self.crossings}")
+        check_clip_settings(
+            width=self.width,
+            height=self.height,
+            fps=self.fps,
+            seed=self.seed,
+            num_instruments=self.num_instruments,
+            smoke=self.smoke,
+            blur=self.blur,
+            highlights=self.highlights,
+            crossings=self.crossings,
+            still=self.still,
+        )
         rng = np.random.default_rng(self.seed)
         w, h = self.width, self.height
         half = min(w, h) / 2
@@ -689,13 +747,10 @@ def write_clip(
     ``clip.json`` is incomplete. All masks are held in memory until the end (3 bytes per
     pixel per frame). ``crossings``, ``still``: see ``SyntheticSurgery``.
     """
-    if num_frames < 1:
-        raise ConfigError(f"num_frames must be at least 1, got {num_frames}")
-    if codec not in CODECS or CODECS[codec][0] == "gray":
-        rgb = sorted(c for c, (fmt, _) in CODECS.items() if fmt != "gray")
-        raise ConfigError(f"codec must be one of {rgb}, got {codec!r}")
-    if CODECS[codec][0].startswith("yuv") and (width % 2 or height % 2):
-        raise ConfigError(f"{codec} needs an even frame size, got {width}×{height}")
+    check_clip_settings(num_frames=num_frames, width=width, height=height, fps=fps, seed=seed,
+                        num_instruments=num_instruments, smoke=smoke, blur=blur,
+                        highlights=highlights, crossings=crossings, still=still,
+                        codec=codec)  # fmt: skip
     surgery = SyntheticSurgery(
         width=width,
         height=height,

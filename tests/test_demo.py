@@ -1,6 +1,9 @@
 """The demo, shrunk: every stage runs and the report holds the figures."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -112,3 +115,70 @@ def test_the_model_is_a_config_group_of_the_demo():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("demo", overrides=["model=resnet34", "model.output_stride=16"])
     assert (cfg.model.depth, cfg.model.output_stride) == (34, 16)
+
+
+# Small enough that, were a clip setting not checked up front, the first clip would be made.
+RGB_CODECS = "['ffv1-rgb', 'libvpx-vp9', 'libx264', 'mjpeg', 'mpeg4']"
+TINY = ["train_clips=1", "val_clips=1", "frames_per_clip=1", "heldout_frames=1", "progress=false"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("clips.crossings=3", "clips.crossings must be a probability in 0..1, got 3"),
+     ("clips.width=-5", "clips.width must be an integer ≥ 32, got -5"),
+     ("clips.height=abc", "clips.height must be an integer ≥ 32, got 'abc'"),
+     ("clips.width=161", "clips.width must be even for codec libx264, got 161"),
+     ("clips.fps=-1", "clips.fps must be a positive number, got -1"),
+     ("clips.fps=0", "clips.fps must be a positive number, got 0"),
+     ("clips.codec=foo264", f"clips.codec must be one of {RGB_CODECS}, got 'foo264'"),
+     ("clips.codec=ffv1", f"clips.codec must be one of {RGB_CODECS}, got 'ffv1'"),  # masks only
+     ("clips.num_instruments=9", "clips.num_instruments must be 1..3 or null, got 9"),
+     ("clips.num_instruments=0", "clips.num_instruments must be 1..3 or null, got 0"),
+     ("clips.smoke=maybe", "clips.smoke must be true or false, got 'maybe'"),
+     ("clips.seed=-1", "clips.seed must be an integer ≥ 0, got -1")],
+)  # fmt: skip
+def test_clip_settings_are_checked_before_any_data_is_made(override, message, tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("demo", overrides=[f"output_dir={tmp_path / 'out'}", *TINY, override])
+        with pytest.raises(ConfigError) as error:
+            run(cfg)
+    assert str(error.value) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_clip_setting_is_one_line_on_the_command_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "surgseg.apps.demo", f"output_dir={tmp_path / 'out'}", *TINY,
+         "clips.num_instruments=9"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "surgseg-demo: error: clips.num_instruments must be 1..3 or null, got 9"
+    )
+    assert proc.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_the_generator_still_refuses_what_it_refused(tmp_path):
+    """The checks the demo calls up front are the generator's own: direct callers get them,
+    without a key prefix."""
+    from surgseg.synthetic import SyntheticSurgery, write_clip
+
+    with pytest.raises(ConfigError, match=r"^crossings must be a probability in 0\.\.1"):
+        SyntheticSurgery(crossings=3)
+    with pytest.raises(ConfigError, match=r"^num_instruments must be 1\.\.3 or null, got 9$"):
+        write_clip(tmp_path / "clip", num_frames=1, num_instruments=9)
+    with pytest.raises(ConfigError, match=r"^width must be even for codec libx264, got 65$"):
+        write_clip(tmp_path / "clip", num_frames=1, width=65, height=64)
+    assert not (tmp_path / "clip").exists()
+
+
+def test_good_clip_settings_pass_the_check():
+    from surgseg.apps.demo import check_settings
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("demo", overrides=["clips.codec=mpeg4", "clips.fps=29.97", "clips.width=64",
+                                         "clips.height=32", "clips.num_instruments=3",
+                                         "clips.crossings=1", "clips.smoke=false"])  # fmt: skip
+    check_settings(cfg)

@@ -498,3 +498,27 @@ def test_export_without_onnxruntime_is_one_line_before_the_folder(tmp_path, monk
 
     monkeypatch.setattr(export_app.importlib.util, "find_spec", without_ort)
     _refused_before_anything(tmp_path, r"^surgseg-export needs the package\(s\) onnxruntime: pip")
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [("model.onnx", "model"), ("model.ONNX", "model"), ("v1.2.onnx", "v1.2"), ("model", "model"),
+     ("model.onnx.onnx", "model.onnx")],
+)  # fmt: skip
+def test_export_name_ending_in_onnx_means_that_file(tmp_path, name, stem):
+    """``name=model.onnx`` writes model.onnx (and model.json), not model.onnx.onnx."""
+    cfg = _compose(f"checkpoint={tmp_path / 'absent.pt'}", f"output_dir={tmp_path / 'o'}",
+                   name=name)  # fmt: skip
+    assert export_app.check_settings(cfg).name == stem
+
+
+def test_export_name_of_only_the_suffix_is_refused(tmp_path):
+    _refused_before_anything(tmp_path, r"^name must be .*a plain file name.*got '\.onnx'$",
+                             "name=.onnx")  # fmt: skip
+
+
+def test_export_help_says_it_runs_on_the_cpu_only():
+    from surgseg.apps import app_help
+
+    text = app_help("surgseg-export", "export")
+    assert "surgseg-export runs on the CPU only" in text and "device=cpu" in text

@@ -441,6 +441,55 @@ def test_bad_training_values_name_the_key_before_any_work(tmp_path, override, me
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("amp=bf16", "amp=bf16 needs a CUDA device (device=cuda or cuda:N), got device=cpu"),
+        ("amp=fp16", "amp=fp16 needs a CUDA device (device=cuda or cuda:N), got device=cpu"),
+        ("model.init_weights=bad/random.pt", "model.init_weights: no such file: bad/random.pt"),
+        ("model.backbone_weights=bad/r18.pth",
+         "model.backbone_weights: no such file (nor one of imagenet, imagenet_v1, imagenet_v2): "
+         "bad/r18.pth"),
+    ],
+)  # fmt: skip
+def test_settings_that_fail_in_training_are_refused_before_the_folder(
+    clips, tmp_path, override, message
+):
+    """With good data these used to pass every check, the output folder was made, and
+    training stopped at once, leaving the folder empty."""
+    from surgseg.apps.train import run
+
+    cfg = _compose([*APP_RUN, f"data.root={clips}", f"output_dir={tmp_path / 'run'}", override])
+    with pytest.raises(ConfigError) as error:
+        run(cfg)
+    assert str(error.value) == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_weight_files_are_checked_only_for_a_new_run(tmp_path):
+    from surgseg.apps.train import _plain, check_settings
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")  # read only when training starts
+    check_settings(_plain(_compose([f"model.init_weights={weights}",
+                                    f"model.backbone_weights={weights}"])))  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")  # a run to resume: it loads neither file
+    missing = [f"output_dir={run}", "model.init_weights=bad/random.pt"]
+    check_settings(_plain(_compose([*missing, "resume=true"])))
+    with pytest.raises(ConfigError, match=r"^model\.init_weights: no such file"):
+        check_settings(_plain(_compose(missing)))
+
+
+def test_help_lists_every_key_a_resumed_run_may_change():
+    from surgseg.apps import app_help
+    from surgseg.apps.train import RESUME_KEYS
+
+    text = re.sub(r"\s*\n\s*#\s*", " ", app_help("surgseg-train", "train"))
+    assert f"only {', '.join(RESUME_KEYS[2:])} may change" in text
+
+
 def test_a_missing_data_folder_is_named_before_the_output_folder_is_made(tmp_path):
     from surgseg.apps.train import run
 

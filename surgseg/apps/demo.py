@@ -35,7 +35,7 @@ from surgseg.demo import evaluate_run, format_number, save_overlay_still, write_
 from surgseg.errors import ConfigError
 from surgseg.infer import process_video
 from surgseg.options import MASK_FORMATS, CueOptions, OutputOptions
-from surgseg.synthetic import CLIP_FILE, load_clip, write_clip
+from surgseg.synthetic import CLIP_FILE, check_clip_settings, load_clip, write_clip
 from surgseg.tasks import TASKS
 
 # Seeds of the held-out and validation clips; training clips use 1, 2, 3, …
@@ -69,6 +69,9 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.masks not in MASK_FORMATS:  # the scoring reads the masks back
         raise ConfigError(f"masks must be one of {MASK_FORMATS}, got {cfg.masks!r}")
     check_bool(cfg, "refine_tips")
+    # The generator's own checks, named clips.<key>: a bad one would otherwise stop the demo
+    # only at the clip that uses it, with clips written before it.
+    check_clip_settings(**OmegaConf.to_container(cfg.clips, resolve=True), prefix="clips.")
 
 
 def _is_clip(folder: Path, settings: dict[str, Any]) -> bool:

@@ -61,10 +61,13 @@ class Settings:
 
 def _check_name(value: Any) -> str | None:
     """``name``: null (the checkpoint's file name) or a plain file name, which can only land
-    inside output_dir."""
+    inside output_dir. A trailing ``.onnx`` (any case) names the ONNX file itself and is
+    dropped: ``name=model.onnx`` writes model.onnx and model.json, not model.onnx.onnx."""
     if value is None:
         return None
     name = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(name, str) and name.lower().endswith(".onnx"):
+        name = name[: -len(".onnx")]
     if (not isinstance(name, str) or name in ("", ".", "..")
             or any(c in name for c in ("/", "\\", "\0"))):  # fmt: skip
         raise ConfigError(f"name must be null (the checkpoint's file name) or a plain file name, "

@@ -135,13 +135,37 @@ def check_settings(settings: dict[str, Any]) -> None:
         )
     check_input_size(settings["input_size"])
     _check_class_weights(settings["class_weights"], settings["task"])
+    amp, device = settings["amp"], str(settings["device"])
+    if amp is not None and not device.startswith("cuda"):  # train() would stop at its start
+        raise ConfigError(f"amp={amp} needs a CUDA device (device=cuda or cuda:N), "
+                          f"got device={device}")  # fmt: skip
     weights = settings["model"].get("backbone_weights")
     if isinstance(weights, str) and weights in IMAGENET_WEIGHTS:
         imagenet_weights(weights, settings["model"]["depth"])
+    if not _resumes(settings):  # a resumed run loads neither file
+        _check_weight_files(settings["model"])
     try:
         instantiate(settings["optim"])([torch.nn.Parameter(torch.zeros(1))])
     except (InstantiationException, TypeError, ValueError) as exc:
         raise ConfigError(f"optim: {str(exc).splitlines()[0]}") from None
+
+
+def _resumes(settings: dict[str, Any]) -> bool:
+    """Whether ``settings`` continue a run (``resume=true`` and a ``last.pt`` in output_dir)."""
+    out = settings["output_dir"]
+    return settings["resume"] is True and out != "???" and (Path(out) / "last.pt").is_file()
+
+
+def _check_weight_files(model: dict[str, Any]) -> None:
+    """``model.init_weights`` and a ``model.backbone_weights`` that is not one of torchvision's
+    names must be files (their content is read when training starts)."""
+    for key, names in (("init_weights", ()), ("backbone_weights", tuple(IMAGENET_WEIGHTS))):
+        value = model.get(key)
+        if value is None or value in names:
+            continue
+        if not isinstance(value, str) or not value or not Path(value).is_file():
+            also = f" (nor one of {', '.join(names)})" if names else ""
+            raise ConfigError(f"model.{key}: no such file{also}: {value}")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
