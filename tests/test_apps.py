@@ -266,6 +266,7 @@ def test_help_shows_the_apps_own_settings(name):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     text = proc.stdout
     assert "\n  device: cpu" in text and "\n  seed: 0" in text  # conf/common.yaml, in every app
+    assert text.count("\n  device: cpu") == 1  # an app restating a shared key says it once
     groups = re.findall(r"^(\S+)=(\S+) \(one of: (.*)\); its settings: (\S+)\.<key>=value "
                         r"\(see (\S+)\)$", text, re.MULTILINE)  # fmt: skip
     assert len(groups) == text.count("(one of:")
@@ -278,9 +279,17 @@ def test_help_shows_the_apps_own_settings(name):
         assert "# pixels; smaller components" in text  # the comments
         for unused in ("model=", "optim=", "augment@"):
             assert unused not in text
+    if name == "export":
+        assert "device: cpu         # the CPU only" in text
     if name == "train":
         assert ("augment@augment.train=train (one of: eval, train); its settings: "
                 "augment.train.<key>=value (see conf/augment/train.yaml)") in text  # fmt: skip
+
+
+def test_help_into_a_reader_that_stops_early_is_no_error():
+    proc = subprocess.run(f"{BIN / 'surgseg-infer'} --help | true", shell=True,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_hydra_flags_still_refuse_unknown_keys():

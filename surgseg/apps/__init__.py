@@ -313,6 +313,19 @@ def _yaml_parts(config_name: str) -> tuple[list[str], list[str], list[str]]:
     return header, groups, settings
 
 
+def _not_restated(shared: list[str], own: list[str]) -> list[str]:
+    """The setting lines of ``shared`` (each key with its comment lines) less the keys that
+    ``own`` sets again (an app that takes a shared key its own way says so there)."""
+    keys = {line.split(":")[0] for line in own if not line[0].isspace()}
+    kept, skipping = [], False
+    for line in shared:
+        if not line[0].isspace():
+            skipping = line.split(":")[0] in keys
+        if not skipping:
+            kept.append(line)
+    return kept
+
+
 def app_help(prog: str, config_name: str) -> str:
     """``--help``: the app's own settings with their comments, its groups and their options."""
     header, groups, settings = _yaml_parts(config_name)
@@ -324,7 +337,7 @@ def app_help(prog: str, config_name: str) -> str:
         if not colon:  # a config merged in whole
             if name != "_self_":
                 lines += ["", f"Settings of every app (conf/{name}.yaml):"]
-                lines += [f"  {line}" for line in _yaml_parts(name)[2]]
+                lines += [f"  {line}" for line in _not_restated(_yaml_parts(name)[2], settings)]
             continue
         group, _, package = name.partition("@")  # augment@augment.train: conf/augment/
         key = package or group
@@ -388,6 +401,14 @@ def _check_before_hydra(app: str, argv: list[str]) -> None:
     check_int(cfg, "seed", minimum=0)  # conf/common.yaml: every app's
 
 
+def _print_help(text: str) -> None:
+    """Print ``text``; a reader that stops early (``--help | head``) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+
+
 def launch(app: str) -> None:
     """Run the command ``surgseg-<app>``: ``--help``, the command-line check, then the app's
     Hydra ``main``, imported only then."""
@@ -397,7 +418,7 @@ def launch(app: str) -> None:
         signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         if "--help" in argv or "-h" in argv:
-            print(app_help(prog, app))
+            _print_help(app_help(prog, app))
             return
         _check_before_hydra(app, argv)
         tune_process()
