@@ -26,7 +26,7 @@ import time
 import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import numpy as np
 from surgseg.decode import DecodeStats, Frame, VideoInfo, VideoReader
 from surgseg.errors import ConfigError
 from surgseg.options import CueOptions, Workers
-from surgseg.pipeline import Pipeline, Stage
+from surgseg.pipeline import Pipeline, Stage, StageStats
 from surgseg.predictor import Prediction, Predictor
 from surgseg.stages import Batch, cue_stages, model_record, predict
 from surgseg.tip_refine import check_engine
@@ -66,7 +66,9 @@ class StreamResult:
 
 class Pacer:
     """Releases each frame as a batch of one; in real time, at its presentation time.
-    ``waited_s`` is the time spent waiting for those times (not decoding)."""
+    ``waited_s`` is the time spent waiting for the times of the frames released (not
+    decoding): a wait cut short by ``stop`` releases no frame and is not counted, so that
+    ``waited_s`` stays within the time the source spent producing the frames it released."""
 
     def __init__(self, *, realtime: bool, stop: threading.Event | None = None):
         self.realtime = realtime
@@ -82,10 +84,9 @@ class Pacer:
                     start = now - frame.time_s
                 delay = start + frame.time_s - now
                 if delay > 0:
-                    stopped = self.stop.wait(delay)
-                    self.waited_s += time.perf_counter() - now
-                    if stopped:
+                    if self.stop.wait(delay):
                         return
+                    self.waited_s += time.perf_counter() - now
             yield Batch([frame])
 
 
@@ -152,6 +153,7 @@ class LiveStream:
         self.latencies = array("d")  # seconds, 8 bytes per emitted frame
         self.complete = False  # True once the whole video went through
         self._pipeline: Pipeline | None = None
+        self._pacer: Pacer | None = None
         # A weak reference: leaving a ``for`` loop early drops the only strong one, which
         # closes the generator and with it every stage.
         self._results: weakref.ref[Iterator[StreamResult]] | None = None
@@ -172,9 +174,9 @@ class LiveStream:
             stale = None
             if self.realtime and self.drop == "keep_latest" and self.max_age is not None:
                 stale = _older_than(self.max_age / (self.info.fps or 25.0))
-            pacer = Pacer(realtime=self.realtime, stop=self.stop)
+            self._pacer = Pacer(realtime=self.realtime, stop=self.stop)
             self._pipeline = Pipeline(
-                pacer(reader),
+                self._pacer(reader),
                 # Cue geometry in threads: a hop to a worker process (a copy and two wake-ups
                 # per frame) buys throughput a live feed does not need, at some latency.
                 [Stage("segment", predict(predictor), queue_size=1, stale=stale),
@@ -187,8 +189,9 @@ class LiveStream:
                 stop=self.stop,
             )  # fmt: skip
             self._started = time.perf_counter()
+            batches = iter(self._pipeline)
             try:
-                for batch in self._pipeline:
+                for batch in batches:
                     latency = time.perf_counter() - batch.released
                     self.latencies.append(latency)
                     frame, pred = batch.frames[0], batch.predictions[0]
@@ -197,7 +200,9 @@ class LiveStream:
                                        frame.corrupt, frame.gap, frame)  # fmt: skip
             finally:
                 self._wall = time.perf_counter() - self._started
-                self._pipeline.stats["decode"].busy_s -= pacer.waited_s  # decoding time only
+                # Stop every stage and join its thread now (a no-op once the pipeline ended),
+                # so that the counts and times the summary reads no longer move.
+                batches.close()
             self.complete = not self.stop.is_set()
 
     def close(self) -> None:
@@ -213,25 +218,54 @@ class LiveStream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _stage_stats(self) -> dict[str, StageStats]:
+        """The pipeline's stage stats, the decode stage's busy time without the waits for
+        the frames' times (in real time): its decoding time only."""
+        stats = dict(self._pipeline.stats) if self._pipeline is not None else {}
+        source = stats.get("decode")
+        if source is not None and self._pacer is not None:
+            # Each counted wait lies within the busy time of the frame it released, once
+            # the stages have stopped; while they run, a frame's wait is counted a moment
+            # before its busy time.
+            busy = max(0.0, source.busy_s - self._pacer.waited_s)
+            stats["decode"] = replace(source, busy_s=busy)
+        return stats
+
     def summary(self) -> dict[str, Any]:
-        """Frames released, emitted and dropped; latency percentiles (ms); the model (task,
-        classes and their mask values, input size, engine, device); stage figures; what
-        decoding lost (``DecodeStats.to_dict()``: frames cut off the end counted once the
-        video went through)."""
-        stats = self._pipeline.stats if self._pipeline is not None else {}
-        source, model = stats.get("decode"), stats.get("segment")
+        """Frames released, emitted, dropped and in flight; latency percentiles (ms); the
+        model (task, classes and their mask values, input size, engine, device); stage
+        figures; what decoding lost (``DecodeStats.to_dict()``: frames cut off the end
+        counted once the video went through).
+
+        Every released frame is emitted, dropped or in flight: ``frames_released`` =
+        ``frames_emitted`` + ``frames_dropped`` + ``frames_in_flight``. In flight are the
+        frames in the stages (waiting for the model or in it, or for the cue stages) when
+        the summary is taken: 0 once the whole video went through; after a stop (``break``,
+        ``close()``, the ``stop`` event, Ctrl-C, an error) the frames the stop cut off,
+        neither emitted nor dropped by the drop policy.
+        """
+        # Read in the order frames pass the counters (emitted, then dropped, then released:
+        # a frame is counted released before it can be dropped or emitted), so that a
+        # summary taken while the stream runs never counts more out than in.
+        counters = self._pipeline.stats if self._pipeline is not None else {}
+        emitted = len(self.latencies)
+        dropped = sum(counters[name].dropped for name in ("decode", "segment")
+                      if name in counters)  # fmt: skip
+        released = counters["decode"].frames if "decode" in counters else 0
+        stats = self._stage_stats()
         wall = self._wall or (time.perf_counter() - self._started if self._started else 0.0)
         fps = self.info.fps if self.info is not None else None
         return {
             "input": str(self.video),
             "realtime": self.realtime,
             "drop": self.drop if self.realtime else None,
-            "frames_released": source.frames if source else 0,
-            "frames_emitted": len(self.latencies),
-            "frames_dropped": sum(s.dropped for s in (source, model) if s is not None),
+            "frames_released": released,
+            "frames_emitted": emitted,
+            "frames_dropped": dropped,
+            "frames_in_flight": released - emitted - dropped,
             "video_fps": fps,
             "frame_interval_ms": round(1000 / fps, 3) if fps else None,
-            "emitted_fps": round(len(self.latencies) / wall, 2) if wall > 0 else None,
+            "emitted_fps": round(emitted / wall, 2) if wall > 0 else None,
             "latency_ms": percentiles_ms(self.latencies),
             "wall_s": round(wall, 3),
             "complete": self.complete,  # False: stopped early (stop, close(), Ctrl-C, error)

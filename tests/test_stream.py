@@ -89,6 +89,7 @@ def test_slow_model_in_real_time_drops_frames_and_keeps_latency_bounded(one_seco
     assert summary["frames_released"] == FPS and summary["complete"]
     assert summary["frames_dropped"] > FPS // 4
     assert len(results) + summary["frames_dropped"] == FPS
+    assert summary["frames_in_flight"] == 0
     assert indices == sorted(set(indices))
     # Without dropping, the wait would grow by one interval per frame (about 1 s at the end).
     assert max(r.latency_s for r in results) < 6 * interval
@@ -125,7 +126,43 @@ def test_stop_event_ends_the_stream_and_its_threads(one_second):
         if result.index == 5:
             stop.set()
     assert seen[:6] == list(range(6)) and len(seen) < FPS
-    assert not live.summary()["complete"]
+    summary = live.summary()
+    assert not summary["complete"]
+    assert_counts_add_up(summary)
+    assert _no_pipeline_threads()
+
+
+def assert_counts_add_up(summary: dict) -> None:
+    """Every released frame is emitted, dropped or still in flight when the stream stopped;
+    every stage's busy time and time per frame are ≥ 0."""
+    emitted, dropped, in_flight = (summary[f"frames_{k}"] for k in ("emitted", "dropped",
+                                                                    "in_flight"))  # fmt: skip
+    assert min(emitted, dropped, in_flight) >= 0, summary
+    assert summary["frames_released"] == emitted + dropped + in_flight, summary
+    for name, stage in summary["stages"].items():
+        assert stage["busy_s"] >= 0, (name, stage)
+        assert stage["ms_per_frame"] is None or stage["ms_per_frame"] >= 0, (name, stage)
+
+
+@pytest.mark.parametrize("results", [1, 3])
+@pytest.mark.parametrize("regime", ["source_waits", "model_behind"])
+def test_leaving_the_loop_early_keeps_the_summary_consistent(regime, results, tmp_path):
+    """``break`` while the source waits for the next frame's time (a fast model): that wait,
+    cut short, is no part of the released frames' decoding; ``break`` while the model is
+    behind: the frames waiting for it or inside a stage at the stop are counted in flight."""
+    fps, delay = {"source_waits": (10, 0.03), "model_behind": (FPS, 2.5 / FPS)}[regime]
+    video = bar_video(tmp_path / "clip.mp4", frames=30, fps=fps)
+    live = surgseg.stream(video, predictor=sleep_predictor(delay), realtime=True,
+                          max_age=None)  # the model takes every waiting frame  # fmt: skip
+    for seen, _ in enumerate(live, start=1):
+        if seen == results:
+            break
+    summary = live.summary()
+    assert summary["frames_emitted"] == results and not summary["complete"]
+    assert_counts_add_up(summary)
+    assert summary["stages"]["decode"]["fps"] is not None
+    if regime == "model_behind":  # at least the frame the model had taken at the stop
+        assert summary["frames_in_flight"] >= 1
     assert _no_pipeline_threads()
 
 
@@ -137,6 +174,7 @@ def test_keyboard_interrupt_in_the_consumer_then_close(one_second):
                 raise KeyboardInterrupt
     assert _no_pipeline_threads()
     assert live.summary()["frames_emitted"] == 4
+    assert_counts_add_up(live.summary())
 
 
 def test_stream_matches_the_sequential_predictor(make_checkpoint, tmp_path):
@@ -233,6 +271,114 @@ def test_app_writes_through_the_stage_modules_outputs(make_checkpoint, tmp_path,
     assert saved["model"] == summary["model"] == model
 
 
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# (settings, with {d}: an empty folder, {f}: a file, {v}: the input video; words of the line)
+_LATE_PATHS = {
+    "summary-a-folder": (["output={d}/c.jsonl", "summary={d}"], ["{d}", "summary is a folder"]),
+    "output-a-folder": (["output={d}"], ["{d}", "output is a folder"]),
+    "summary-is-output": (["output={d}/c.jsonl", "summary={d}/c.jsonl"],
+                          ["summary and output", "same file"]),
+    "output-under-a-file": (["output={f}/c.jsonl"], ["{f}", "output", "is a file"]),
+    "summary-under-a-file": (["output={d}/new/c.jsonl", "summary={f}/sub/s.json"],
+                             ["{f}", "summary", "is a file"]),
+    "masks_dir-a-file": (["output={d}/c.jsonl", "masks=png", "masks_dir={f}"],
+                         ["{f}", "masks_dir", "is a file"]),
+    "masks.mkv-a-folder": (["output={d}/c.jsonl", "masks=ffv1", "+mkdir={d}/masks.mkv"],
+                           ["masks.mkv", "masks", "is a folder"]),
+    "masks-png-folder-a-file": (["output={d}/c.jsonl", "masks=png", "+touch={d}/masks"],
+                                ["{d}/masks", "masks", "is a file"]),
+    "default-summary-a-folder": (["output={d}/c.jsonl", "+mkdir={d}/c.summary.json"],
+                                 ["c.summary.json", "summary", "is a folder"]),
+    "output-the-input": (["output={v}"], ["{v}", "output", "the input video"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("settings", "words"), list(_LATE_PATHS.values()), ids=list(_LATE_PATHS))
+def test_app_checks_its_output_paths_before_any_work(settings, words, one_second, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    """Each of these once failed only after the model was loaded, or once the whole video
+    was processed and its cues written. Now: a ConfigError naming the path and the key,
+    before the model is loaded, and nothing written."""
+    import shutil
+
+    import surgseg.apps.stream as app
+
+    video = Path(shutil.copy(one_second, tmp_path / "v.mp4"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    names = {"d": tmp_path / "d", "f": tmp_path / "f", "v": video}
+    overrides = []
+    for setting in settings:
+        setting = setting.format(**names)
+        if setting.startswith("+mkdir="):
+            Path(setting[7:]).mkdir(parents=True)
+        elif setting.startswith("+touch="):
+            Path(setting[7:]).touch()
+        else:
+            overrides.append(setting)
+    before = _tree(tmp_path)
+    cfg = _compose([f"input={video}", "checkpoint=never-loaded.pt", *overrides])
+
+    def build_predictor(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output paths were checked")
+
+    monkeypatch.setattr(app, "build_predictor", build_predictor)
+    from surgseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        app.run(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    for word in words:
+        assert word.format(**names) in message, message
+    assert _tree(tmp_path) == before
+
+
+def test_app_refuses_a_folder_another_process_writes_into_before_the_model(
+        one_second, tmp_path, monkeypatch):  # fmt: skip
+    import fcntl
+
+    import surgseg.apps.stream as app
+    from surgseg.errors import ConfigError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(app, "build_predictor", lambda *a, **k: pytest.fail("model loaded"))
+    cfg = _compose([f"input={one_second}", "checkpoint=never-loaded.pt",
+                    f"output={out / 'c.jsonl'}"])  # fmt: skip
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what another surgseg process holds while it writes
+    try:
+        with pytest.raises(ConfigError, match="another surgseg process"):
+            app.run(cfg)
+    finally:
+        os.close(fd)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["summary", "output"])
+def test_app_refuses_a_folder_as_output_file_at_once(where, make_checkpoint, one_second,
+                                                     tmp_path):  # fmt: skip
+    """The command: one line naming the folder and the key, exit status 2, nothing written."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    out = tmp_path / "out" / "c.jsonl"
+    paths = {"summary": [f"output={out}", f"summary={folder}"], "output": [f"output={folder}"]}
+    env = {**os.environ, "PYTHONPATH": str(Path(CONF_DIR).parent)}
+    proc = subprocess.run([sys.executable, "-m", "surgseg.apps.stream", f"input={one_second}",
+                           f"checkpoint={make_checkpoint()}", *paths[where]],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == f"surgseg-stream: error: {folder}: {where} is a folder, not a file"
+    assert proc.stdout == "" and not out.parent.exists() and not list(folder.iterdir())
+    assert not (tmp_path / "folder.summary.json").exists()
+
+
 def test_app_to_stdout(make_checkpoint, one_second, capsys, tmp_path):
     cfg = _compose([f"input={one_second}", f"checkpoint={make_checkpoint()}", "realtime=false",
                     f"summary={tmp_path / 's.json'}"])  # fmt: skip
@@ -265,7 +411,9 @@ def test_ctrl_c_leaves_complete_outputs(make_checkpoint, tmp_path):
     assert 3 <= len(lines) < 40
     assert [rec["index"] for rec in lines] == list(range(len(lines)))
     assert len(list(read_masks(out.parent / "masks.mkv"))) == len(lines)
-    assert not json.loads((out.parent / "cues.summary.json").read_text())["complete"]
+    saved = json.loads((out.parent / "cues.summary.json").read_text())
+    assert not saved["complete"] and saved["frames_emitted"] == len(lines)
+    assert_counts_add_up(saved)
 
 
 _BREAK_SCRIPT = """
