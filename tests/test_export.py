@@ -521,4 +521,5 @@ def test_export_help_says_it_runs_on_the_cpu_only():
     from surgseg.apps import app_help
 
     text = app_help("surgseg-export", "export")
-    assert "surgseg-export runs on the CPU only" in text and "device=cpu" in text
+    assert "device: cpu         # the CPU only: the export and its ONNX Runtime check" in text
+    assert text.count("\n  device: ") == 1  # not again among the settings of every app
