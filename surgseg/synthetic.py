@@ -22,8 +22,10 @@ import json
 import math
 import numbers
 import zipfile
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -347,26 +349,16 @@ def _task_mask(task: str, parts: np.ndarray, types: np.ndarray) -> np.ndarray:
     return parts if task == "parts" else types
 
 
-def check_clip_settings(
-    *,
-    num_frames: int | None = None,
-    width: int = 640,
-    height: int = 512,
-    fps: float = 25.0,
-    seed: int = 0,
-    num_instruments: int | None = None,
-    smoke: bool = True,
-    blur: bool = True,
-    highlights: bool = True,
-    crossings: float = 0.0,
-    still: bool = False,
-    codec: str | None = None,
-    prefix: str = "",
-) -> None:
+def check_clip_settings(settings: Mapping[str, Any], *, prefix: str = "") -> None:
     """Refuse a generator setting that cannot work with a ConfigError naming it: the checks
     of ``SyntheticSurgery`` and ``write_clip`` (which call this), made callable before
-    anything is written. ``prefix`` goes before each name (``clips.`` names ``clips.width``);
-    ``num_frames`` and ``codec`` (``write_clip``'s) are checked when given."""
+    anything is written. Only the settings given are checked; ``prefix`` goes before each
+    name (``clips.`` names ``clips.width``)."""
+    known = {"num_frames", "width", "height", "fps", "seed", "num_instruments", "smoke", "blur",
+             "highlights", "crossings", "still", "codec"}  # fmt: skip
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]} is not a generator setting ({sorted(known)})")
 
     def refuse(key: str, what: str, value: object) -> ConfigError:
         return ConfigError(f"{prefix}{key} must be {what}, got {value!r}")
@@ -374,36 +366,38 @@ def check_clip_settings(
     def integer(value: object) -> bool:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
-    if num_frames is not None and not (integer(num_frames) and num_frames >= 1):
-        raise refuse("num_frames", "an integer ≥ 1", num_frames)
-    for key, value in (("width", width), ("height", height)):
-        if not (integer(value) and value >= 32):  # the view, instruments and tissue need it
-            raise refuse(key, "an integer ≥ 32", value)
+    given = settings.get
+    if "num_frames" in settings and not (integer(given("num_frames")) and given("num_frames") >= 1):
+        raise refuse("num_frames", "an integer ≥ 1", given("num_frames"))
+    for key in ("width", "height"):
+        if key in settings and not (integer(given(key)) and given(key) >= 32):  # view, tissue
+            raise refuse(key, "an integer ≥ 32", given(key))
+    fps = given("fps", 25.0)
     if not (isinstance(fps, numbers.Real) and not isinstance(fps, bool | np.bool_)
             and math.isfinite(fps) and fps > 0):  # fmt: skip
         raise refuse("fps", "a positive number", fps)
-    if not (integer(seed) and seed >= 0):
-        raise refuse("seed", "an integer ≥ 0", seed)
-    if num_instruments is not None and not (
-        integer(num_instruments) and 1 <= num_instruments <= MAX_INSTRUMENTS
-    ):
-        raise refuse("num_instruments", f"1..{MAX_INSTRUMENTS} or null", num_instruments)
-    for key, value in (("smoke", smoke), ("blur", blur), ("highlights", highlights),
-                       ("still", still)):  # fmt: skip
-        if not isinstance(value, bool | np.bool_):
-            raise refuse(key, "true or false", value)
+    if not (integer(given("seed", 0)) and given("seed", 0) >= 0):
+        raise refuse("seed", "an integer ≥ 0", given("seed"))
+    count = given("num_instruments")
+    if count is not None and not (integer(count) and 1 <= count <= MAX_INSTRUMENTS):
+        raise refuse("num_instruments", f"1..{MAX_INSTRUMENTS} or null", count)
+    for key in ("smoke", "blur", "highlights", "still"):
+        if key in settings and not isinstance(given(key), bool | np.bool_):
+            raise refuse(key, "true or false", given(key))
+    crossings = given("crossings", 0.0)
     if not (isinstance(crossings, numbers.Real) and not isinstance(crossings, bool | np.bool_)
             and 0.0 <= crossings <= 1.0):  # fmt: skip
         raise refuse("crossings", "a probability in 0..1", crossings)
-    if codec is None:
+    if "codec" not in settings:
         return
+    codec = given("codec")
     if not isinstance(codec, str) or codec not in CODECS or CODECS[codec][0] == "gray":
         rgb = sorted(c for c, (fmt, _) in CODECS.items() if fmt != "gray")  # ffv1: masks only
         raise refuse("codec", f"one of {rgb}", codec)
     if CODECS[codec][0].startswith("yuv"):  # chroma at half the size: even sides
-        for key, value in (("width", width), ("height", height)):
-            if value % 2:
-                raise refuse(key, f"even for codec {codec}", value)
+        for key in ("width", "height"):
+            if given(key, 0) % 2:
+                raise refuse(key, f"even for codec {codec}", given(key))
 
 
 @dataclass
@@ -441,18 +435,7 @@ class SyntheticSurgery:
     crossing: bool = field(init=False)  # the first two instruments are aimed to cross
 
     def __post_init__(self) -> None:
-        check_clip_settings(
-            width=self.width,
-            height=self.height,
-            fps=self.fps,
-            seed=self.seed,
-            num_instruments=self.num_instruments,
-            smoke=self.smoke,
-            blur=self.blur,
-            highlights=self.highlights,
-            crossings=self.crossings,
-            still=self.still,
-        )
+        check_clip_settings({f.name: getattr(self, f.name) for f in fields(self) if f.init})
         rng = np.random.default_rng(self.seed)
         w, h = self.width, self.height
         half = min(w, h) / 2
@@ -747,10 +730,9 @@ def write_clip(
     ``clip.json`` is incomplete. All masks are held in memory until the end (3 bytes per
     pixel per frame). ``crossings``, ``still``: see ``SyntheticSurgery``.
     """
-    check_clip_settings(num_frames=num_frames, width=width, height=height, fps=fps, seed=seed,
-                        num_instruments=num_instruments, smoke=smoke, blur=blur,
-                        highlights=highlights, crossings=crossings, still=still,
-                        codec=codec)  # fmt: skip
+    # the frames' own settings are checked by SyntheticSurgery
+    check_clip_settings({"num_frames": num_frames, "codec": codec, "width": width,
+                         "height": height})  # fmt: skip
     surgery = SyntheticSurgery(
         width=width,
         height=height,

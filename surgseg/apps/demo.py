@@ -71,7 +71,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_bool(cfg, "refine_tips")
     # The generator's own checks, named clips.<key>: a bad one would otherwise stop the demo
     # only at the clip that uses it, with clips written before it.
-    check_clip_settings(**OmegaConf.to_container(cfg.clips, resolve=True), prefix="clips.")
+    check_clip_settings(OmegaConf.to_container(cfg.clips, resolve=True), prefix="clips.")
 
 
 def _is_clip(folder: Path, settings: dict[str, Any]) -> bool:
