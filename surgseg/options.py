@@ -123,10 +123,11 @@ def resolve_workers(value: int | str, *, key: str = "workers") -> int:
 class Workers:
     """Workers of the stateless per-frame stages."""
 
-    locate: int | str = _opt("auto", "workers finding the instruments of each mask (more than "
-                                     "1: worker processes); auto: half the CPU cores, 2 to 8")
-    render: int | str = _opt("auto", "threads encoding PNG masks and drawing the overlay; auto: "
-                                     "as locate")
+    locate: int | str = _opt("auto", "workers finding the instruments of each mask (infer, "
+                                     "bench: more than 1 are worker processes; stream: "
+                                     "threads); auto: half the CPU cores, 2 to 8")
+    render: int | str = _opt("auto", "threads encoding PNG masks and drawing the overlay (infer, "
+                                     "bench; stream writes in its own loop); auto: as locate")
 
     def __post_init__(self) -> None:
         self.locate = resolve_workers(self.locate, key="workers.locate")
