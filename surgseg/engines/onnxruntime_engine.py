@@ -163,9 +163,9 @@ class OnnxRuntimeEngine(Engine):
         # model's would each build an engine.
         batch, _, *size = image.shape
         self._batch = batch if isinstance(batch, int) else None
-        self._sizes = (
-            [tuple(size)] if all(isinstance(d, int) for d in size)
-            else [tuple(meta.input_size)] if "tensorrt" in names and meta is not None
+        self._size = (  # the one size it runs, or None: any
+            tuple(size) if all(isinstance(d, int) for d in size)
+            else tuple(meta.input_size) if "tensorrt" in names and meta is not None
             else None
         )  # fmt: skip
         out = self.session.get_outputs()[0]
@@ -190,7 +190,7 @@ class OnnxRuntimeEngine(Engine):
         """Any number of inputs (a static export's batch runs in chunks); any size for a
         dynamic export on the CPU or CUDA providers, else the export's or the model's alone
         (0 for the others)."""
-        return None if self._sizes is None or tuple(size) in self._sizes else 0
+        return None if self._size is None or tuple(size) == self._size else 0
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, torch.float32).contiguous()

@@ -46,7 +46,6 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -416,10 +415,10 @@ class TensorRTEngine(Engine):
         check_precision(precision, capability, gpu, dla_core)
         cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
         onnx_file, meta = self._source_onnx(model, meta, onnx_path, cache_dir, precision)
-        self.profiles = tuple(
-            profile_shapes(p["min"], p["opt"], p["max"])
-            for p in (profile or asdict(default_profile(meta.input_size)), *extra_profiles)
-        )
+        main = (profile_shapes(profile["min"], profile["opt"], profile["max"]) if profile
+                else default_profile(meta.input_size))  # fmt: skip
+        extra = (profile_shapes(p["min"], p["opt"], p["max"]) for p in extra_profiles)
+        self.profiles = (main, *extra)
         if precision == "int8" and read_onnx_meta(onnx_file)[1] != "int8":
             onnx_file = self._quantized(
                 onnx_file, meta, cache_dir, calibration, calibration_batches
